@@ -1,0 +1,422 @@
+"""
+Sudoku boards without a network: an exact solver, a puzzle generator with cached splits,
+a validating Sudoku-Extreme CSV reader (local path or the Hugging Face hub), the symmetry
+augmentation of SPEC 6 and the deduction-only cohort labels.
+
+Boards are numpy uint8 arrays of shape (N, 81), row-major, digits 1-9 and 0 for a blank.
+The model's token ids (digit - 1, MASK_ID for a blank) are made in train_sudoku.py / sample.py.
+"""
+import csv
+import hashlib
+import os
+import random
+from multiprocessing import Pool
+
+import numpy as np
+
+CACHE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cache")
+HF_REPO = "sapientinc/sudoku-extreme"
+ALL = 0x1FF  # bitmask of the 9 digits
+
+ROW = [i // 9 for i in range(81)]
+COL = [i % 9 for i in range(81)]
+BOX = [(i // 27) * 3 + (i % 9) // 3 for i in range(81)]
+UNITS = ([[r * 9 + c for c in range(9)] for r in range(9)] +
+         [[r * 9 + c for r in range(9)] for c in range(9)] +
+         [[i for i in range(81) if BOX[i] == b] for b in range(9)])
+
+
+class DataError(ValueError):
+    """Bad input: the message names the file, the line and the reason (one line, no traceback)."""
+
+
+# -----------------------------------------------------------------------------
+# exact solver: depth-first search, most-constrained cell first, bitmask candidates
+
+def _search(cells, rows, cols, boxes, limit, out, rng):
+    best, best_cands, best_n = -1, 0, 10
+    for i in range(81):
+        if cells[i] == 0:
+            cands = ALL & ~(rows[ROW[i]] | cols[COL[i]] | boxes[BOX[i]])
+            n = bin(cands).count("1")
+            if n < best_n:
+                best, best_cands, best_n = i, cands, n
+                if n <= 1:
+                    break
+    if best < 0:  # no blank left: one solution
+        if not out:
+            out.append(list(cells))
+        return 1
+    if best_n == 0:
+        return 0
+    digits = [d for d in range(1, 10) if best_cands >> (d - 1) & 1]
+    if rng is not None:
+        rng.shuffle(digits)
+    r, c, b = ROW[best], COL[best], BOX[best]
+    found = 0
+    for d in digits:
+        bit = 1 << (d - 1)
+        cells[best] = d
+        rows[r] |= bit; cols[c] |= bit; boxes[b] |= bit
+        found += _search(cells, rows, cols, boxes, limit - found, out, rng)
+        rows[r] &= ~bit; cols[c] &= ~bit; boxes[b] &= ~bit
+        cells[best] = 0
+        if found >= limit:
+            break
+    return found
+
+
+def solve(board, limit=2, rng=None):
+    """Count solutions of `board` (81 digits, 0 = blank) up to `limit`.
+    Returns (count, first solution as a list or None). Clues that clash give (0, None)."""
+    cells = [int(v) for v in board]
+    rows, cols, boxes = [0] * 9, [0] * 9, [0] * 9
+    for i, d in enumerate(cells):
+        if d:
+            bit = 1 << (d - 1)
+            if (rows[ROW[i]] | cols[COL[i]] | boxes[BOX[i]]) & bit:
+                return 0, None
+            rows[ROW[i]] |= bit; cols[COL[i]] |= bit; boxes[BOX[i]] |= bit
+    out = []
+    n = _search(cells, rows, cols, boxes, limit, out, rng)
+    return n, (out[0] if out else None)
+
+
+def solvable_by_singles(board):
+    """True if naked and hidden singles alone fill the board (no search, no advanced strategy)."""
+    cells = [int(v) for v in board]
+    while 0 in cells:
+        progress = False
+        cand = [0] * 81
+        for i in range(81):
+            if cells[i] == 0:
+                used = 0
+                for u in (UNITS[ROW[i]], UNITS[9 + COL[i]], UNITS[18 + BOX[i]]):
+                    for j in u:
+                        if cells[j]:
+                            used |= 1 << (cells[j] - 1)
+                cand[i] = ALL & ~used
+                if cand[i] == 0:
+                    return False
+                if cand[i] & (cand[i] - 1) == 0:  # naked single
+                    cells[i] = cand[i].bit_length()
+                    progress = True
+        if progress:
+            continue
+        for u in UNITS:  # hidden single: a digit with one possible cell in a unit
+            for d in range(9):
+                spots = [i for i in u if cells[i] == 0 and cand[i] >> d & 1]
+                if len(spots) == 1:
+                    cells[spots[0]] = d + 1
+                    progress = True
+        if not progress:
+            return False
+    return True
+
+
+def legal(board):
+    """Per board: filled and no row, column or box repeats a digit (SPEC 5 'legal rate').
+    board: (N, 81) array -> (N,) bool."""
+    b = np.asarray(board).reshape(-1, 81)
+    ok = (b >= 1).all(1) & (b <= 9).all(1)
+    for u in UNITS:
+        vals = np.sort(b[:, u], axis=1)
+        ok &= (vals == np.arange(1, 10)).all(1)
+    return ok
+
+
+# -----------------------------------------------------------------------------
+# generator: random full grid, then remove clues while the solution stays unique
+
+def generate_puzzle(rng, clues, singles=None):
+    """One puzzle with exactly `clues` clues and a unique solution (checked by `solve`).
+    singles=True/False asks for a puzzle that naked+hidden singles do / do not solve;
+    None accepts either. Returns (puzzle, solution) as lists of 81 digits."""
+    while True:
+        _, grid = solve([0] * 81, limit=1, rng=rng)
+        puzzle = list(grid)
+        order = list(range(81))
+        rng.shuffle(order)
+        n = 81
+        for i in order:
+            if n == clues:
+                break
+            d, puzzle[i] = puzzle[i], 0
+            if solve(puzzle, limit=2)[0] == 1:
+                n -= 1
+            else:
+                puzzle[i] = d
+        if n != clues:  # got stuck above the target (rare for clues >= 26): start again
+            continue
+        if singles is not None and solvable_by_singles(puzzle) != singles:
+            continue
+        return puzzle, grid
+
+
+def _generate_chunk(job):
+    seed, count, clue_range, singles = job
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        clues = rng.randint(clue_range[0], clue_range[1])
+        out.append(generate_puzzle(rng, clues, singles))
+    return out
+
+
+def parse_clues(spec):
+    """'34' -> (34, 34); '30-40' -> (30, 40)."""
+    lo, _, hi = str(spec).partition("-")
+    lo, hi = int(lo), int(hi or lo)
+    if not 17 <= lo <= hi <= 80:
+        raise DataError(f"--clues {spec}: need 17 <= min <= max <= 80")
+    return lo, hi
+
+
+def builtin_splits(n_train, n_val, n_test, clues="30-40", singles=None, seed=0, workers=None,
+                   verbose=True):
+    """Generated train/val/test splits, disjoint (no puzzle string in two splits), cached on disk
+    under data/cache/ keyed by every argument, so a given seed always gives the same puzzles.
+    Returns {'train': (puzzles, solutions), 'val': ..., 'test': ...} of uint8 (N, 81) arrays."""
+    lo, hi = parse_clues(clues)
+    key = f"builtin_tr{n_train}_va{n_val}_te{n_test}_c{lo}-{hi}_s{singles}_seed{seed}"
+    path = os.path.join(CACHE_DIR, key + ".npz")
+    if os.path.exists(path):
+        z = np.load(path)
+        return {s: (z[s + "_q"], z[s + "_a"]) for s in ("train", "val", "test")}
+    total = n_train + n_val + n_test
+    chunk = 64  # fixed chunking: the same puzzles whatever the number of workers
+    jobs = [(seed * 1_000_003 + j, min(chunk, total + 16 - j * chunk), (lo, hi), singles)
+            for j in range((total + 16 + chunk - 1) // chunk)]
+    workers = workers or min(len(jobs), os.cpu_count() or 1)
+    if verbose:
+        print(f"generating {total:,} unique-solution puzzles ({lo}-{hi} clues) with {workers} "
+              f"worker(s); cached in {path}")
+    if workers > 1:
+        with Pool(workers) as pool:
+            results = _imap_progress(pool.imap(_generate_chunk, jobs), len(jobs), verbose)
+    else:
+        results = _imap_progress(map(_generate_chunk, jobs), len(jobs), verbose)
+    seen, qs, as_ = set(), [], []
+    for q, a in (pa for r in results for pa in r):
+        s = bytes(q)
+        if s not in seen:  # dedup, so the splits are disjoint
+            seen.add(s)
+            qs.append(q)
+            as_.append(a)
+    if len(qs) < total:
+        raise DataError(f"generator gave only {len(qs)} distinct puzzles, {total} needed")
+    q = np.array(qs[:total], dtype=np.uint8)
+    a = np.array(as_[:total], dtype=np.uint8)
+    cuts = {"train": (0, n_train), "val": (n_train, n_train + n_val),
+            "test": (n_train + n_val, total)}
+    out = {s: (q[i:j], a[i:j]) for s, (i, j) in cuts.items()}
+    os.makedirs(CACHE_DIR, exist_ok=True)
+    tmp = path + f".tmp{os.getpid()}.npz"
+    np.savez(tmp, **{f"{s}_{k}": v for s, (qq, aa) in out.items() for k, v in (("q", qq), ("a", aa))})
+    os.replace(tmp, path)  # atomic: a half-written cache never exists under the real name
+    return out
+
+
+def _imap_progress(it, n, verbose):
+    if not verbose:
+        return list(it)
+    from tqdm import tqdm
+    return list(tqdm(it, total=n, desc="generating", unit="chunk"))
+
+
+# -----------------------------------------------------------------------------
+# Sudoku-Extreme CSV files: source,question,answer,rating
+
+def read_csv(path, limit=None, skip=0):
+    """Read and validate a Sudoku-Extreme CSV (rows `skip` .. `skip + limit` in file order).
+    Blanks are '.' or '0'. An empty answer is filled by the exact solver (an error if the clues
+    have no or several solutions). Every problem raises DataError naming the file, the line and
+    the reason. Returns (puzzles, solutions, rating) as numpy arrays."""
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file")
+    qs, as_, ratings, lines = [], [], [], []
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or "question" not in header or "answer" not in header:
+            raise DataError(f"{path}:1: expected a header with 'question' and 'answer' columns "
+                            f"(source,question,answer,rating), got {header}")
+        iq, ia = header.index("question"), header.index("answer")
+        ir = header.index("rating") if "rating" in header else None
+        n = 0
+        for row in reader:
+            if not row:
+                continue
+            n += 1
+            if n <= skip:
+                continue
+            if limit is not None and len(qs) >= limit:
+                break
+            line = reader.line_num
+            if len(row) != len(header):
+                raise DataError(f"{path}:{line}: {len(row)} fields, header has {len(header)}")
+            q, a = row[iq].strip(), row[ia].strip()
+            _check_chars(f"{path}:{line}", q, a)
+            if a == "":  # no answer given: the clues must have exactly one solution
+                a = _unique_solution(f"{path}:{line}", q)
+            qs.append(q)
+            as_.append(a)
+            lines.append(line)
+            ratings.append(_parse_rating(path, line, row[ir]) if ir is not None else 0)
+    if not qs:
+        raise DataError(f"{path}: no puzzles")
+    # all rows are 81 characters of known digits now: convert and check the rules vectorised
+    q = np.frombuffer("".join(qs).replace(".", "0").encode(), np.uint8).reshape(-1, 81) - 48
+    a = np.frombuffer("".join(as_).encode(), np.uint8).reshape(-1, 81) - 48
+    clash = (q != 0) & (q != a)
+    if clash.any():
+        n, i = np.argwhere(clash)[0]
+        raise DataError(f"{path}:{lines[n]}: answer contradicts its clues at row {i // 9 + 1}, "
+                        f"column {i % 9 + 1} (clue {q[n, i]}, answer {a[n, i]})")
+    ok = legal(a)
+    if not ok.all():
+        n = int(np.argmin(ok))
+        raise DataError(f"{path}:{lines[n]}: answer breaks a Sudoku rule (a digit repeats in a "
+                        f"row, column or box)")
+    return q.copy(), a.copy(), np.array(ratings, dtype=np.int64)
+
+
+def _check_chars(where, question, answer):
+    if len(question) != 81:
+        raise DataError(f"{where}: question has {len(question)} characters, expected 81")
+    bad = sorted(set(question) - set(".0123456789"))
+    if bad:
+        raise DataError(f"{where}: question has foreign characters {''.join(bad)!r} "
+                        f"(allowed: 1-9, '.' or '0' for a blank)")
+    if answer == "":
+        return
+    if len(answer) != 81:
+        raise DataError(f"{where}: answer has {len(answer)} characters, expected 81")
+    bad = sorted(set(answer) - set("123456789"))
+    if bad:
+        raise DataError(f"{where}: answer has foreign characters {''.join(bad)!r} (allowed: 1-9)")
+
+
+def _unique_solution(where, question):
+    n, sol = solve([0 if ch in ".0" else int(ch) for ch in question], limit=2)
+    if n == 0:
+        raise DataError(f"{where}: the clues have no solution")
+    if n > 1:
+        raise DataError(f"{where}: the clues have more than one solution (not a proper puzzle)")
+    return "".join(map(str, sol))
+
+
+def _parse_rating(path, line, s):
+    try:
+        return int(float(s)) if s.strip() else 0
+    except ValueError:
+        raise DataError(f"{path}:{line}: rating {s!r} is not a number") from None
+
+
+def download_extreme(split, cache_dir=None):
+    """Path of Sudoku-Extreme's `split`.csv ('train' or 'test'), fetched from the Hugging Face
+    hub into its cache on first use (needs network access; a local CSV path works offline)."""
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise DataError("reading Sudoku-Extreme from the hub needs `pip install huggingface_hub`;"
+                        " or pass a local CSV path") from None
+    try:
+        return hf_hub_download(HF_REPO, f"{split}.csv", repo_type="dataset", cache_dir=cache_dir)
+    except Exception as e:  # offline, rate-limited, ...: one line, and the way out
+        raise DataError(f"hf://{HF_REPO}/{split}.csv: download failed ({type(e).__name__}); "
+                        f"pass a local CSV path with --data instead") from None
+
+
+def load_boards(spec, split, limit=None, **builtin_kwargs):
+    """One entry point for every --data value. 'builtin': the generated split (builtin_kwargs go
+    to builtin_splits); 'extreme': Sudoku-Extreme from the hub, where 'test' is the first rows of
+    test.csv in file order (the authors' first 2,000, SPEC 6) and 'val' the 2,000 rows after
+    them; any other value: a local CSV path, used whole for every split.
+    Returns (puzzles, solutions) as uint8 (N, 81) arrays."""
+    if spec == "builtin":
+        q, a = builtin_splits(**builtin_kwargs)[split]
+        return (q[:limit], a[:limit]) if limit else (q, a)
+    if spec == "extreme":
+        path = download_extreme("train" if split == "train" else "test")
+        skip = 2000 if split == "val" else 0
+        limit = limit or (2000 if split != "train" else None)
+    else:
+        path, skip = spec, 0
+    q, a, _ = read_csv(path, limit=limit, skip=skip)
+    return q, a
+
+
+# -----------------------------------------------------------------------------
+# symmetry augmentation (SPEC 6): the same random symmetry on puzzle and solution
+
+def random_symmetry(rng):
+    """A cell permutation (81,) and a digit relabelling (10,) drawn with a numpy Generator.
+    Transpose, permute bands, stacks, rows inside a band and columns inside a stack."""
+    bands = rng.permutation(3)
+    rows = np.concatenate([b * 3 + rng.permutation(3) for b in bands])
+    stacks = rng.permutation(3)
+    cols = np.concatenate([s * 3 + rng.permutation(3) for s in stacks])
+    perm = (rows[:, None] * 9 + cols[None, :])
+    if rng.random() < 0.5:
+        perm = perm.T
+    relabel = np.concatenate([[0], 1 + rng.permutation(9)])  # blank stays blank
+    return perm.reshape(81), relabel
+
+
+def augment(puzzles, solutions, rng):
+    """Apply one independent random symmetry per board. (N, 81) uint8 in, (N, 81) out."""
+    q, a = np.empty_like(puzzles), np.empty_like(solutions)
+    for n in range(len(puzzles)):
+        perm, relabel = random_symmetry(rng)
+        q[n] = relabel[puzzles[n][perm]]
+        a[n] = relabel[solutions[n][perm]]
+    return q, a
+
+
+# -----------------------------------------------------------------------------
+# cohorts (SPEC 6): what a human-style solver needs for each puzzle
+
+ADVANCED = {"naked_pairs", "hidden_pairs", "naked_triples", "hidden_triples", "naked_quads",
+            "hidden_quads", "x_wings", "swordfish"}
+
+
+def cohort_labels(puzzles):
+    """{'no_brute_force': (N,) bool, 'deduction_only': (N,) bool} from the `sudoku-solver-tim`
+    package (optional); None if it is not installed. deduction_only = solved without
+    "Brute Force" and with at least one Advanced or Master strategy."""
+    try:
+        import logging
+        logging.disable(logging.INFO)  # the package logs every step at INFO
+        from sudoku_solver_tim import Puzzle
+        from sudoku_solver_tim.strategies import STRATEGIES
+    except ImportError:
+        return None
+    nbf, ded = [], []
+    for p in puzzles:
+        grid = [[int(p[r * 9 + c]) for c in range(9)] for r in range(9)]
+        puzzle, used = Puzzle(grid), set()
+        try:
+            while not puzzle.is_solved():  # Puzzle.solve's loop, recording what made progress
+                for strategy in STRATEGIES:
+                    if strategy(puzzle):
+                        used.add(strategy.__name__)
+                        break
+                else:
+                    break
+            solved = puzzle.is_solved()
+        except Exception:  # the package raises on a contradiction it reaches by itself
+            solved = False
+        no_bf = solved and "brute_force" not in used
+        nbf.append(no_bf)
+        ded.append(no_bf and bool(used & ADVANCED))
+    return {"no_brute_force": np.array(nbf), "deduction_only": np.array(ded)}
+
+
+def board_id(board):
+    """Short stable id of a board (for logs and result files)."""
+    return hashlib.sha1(bytes(np.asarray(board, dtype=np.uint8))).hexdigest()[:10]
+
+
+def to_string(board):
+    return "".join(str(int(d)) if d else "." for d in board)
