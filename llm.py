@@ -52,6 +52,12 @@ class RelayLM(nn.Module):
     def lm_head(self):
         return self.qwen.lm_head
 
+    def logits(self, hs):
+        """UnEmb(h) with [MASK] excluded: a revealed token is never [MASK] (else it would stay
+        masked for ever), in training and in decoding alike."""
+        out = self.qwen.lm_head(hs)
+        return out.index_fill(-1, torch.tensor([self.mask_id], device=out.device), float("-inf"))
+
     def forward(self, x_t, x0, h=None, relay_where=None, stop_grad=False):
         """Training forward over [x_t || x_0], both halves at positions 0..L-1 (SPEC 7).
         x_t, x0: (B, L) ids; h: (B, L, C) shifted relay state from the previous forward, added
@@ -108,12 +114,6 @@ def shift_states(h_t, h_0_prev, block_size):
     else:
         hs = torch.cat([h_0_prev, h_t[:, :-1]], dim=1)
     return hs
-
-
-def token_logits(lm, hs, where):
-    """lm_head only where a prediction is needed (a (N, V) matrix instead of (B, L, V):
-    the vocabulary is 152k wide)."""
-    return lm.lm_head(hs[where])
 
 
 # -----------------------------------------------------------------------------

