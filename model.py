@@ -4,7 +4,6 @@ rotary position embeddings, tied or untied embeddings, and the relay R (relay.py
 forward(z, h) returns the digit logits and the new last-layer state h (before the final norm),
 which the next pass feeds back through R: h_{k+1} = f(Emb(z_k) + R(h_k)), logits = UnEmb(h_{k+1}).
 """
-import math
 from dataclasses import dataclass, asdict
 
 import torch

@@ -4,6 +4,7 @@ the relay carried between passes, NFE per puzzle, and the paper's metrics.
 
     python sample.py --tau 0.15                  # latest checkpoint under out/, built-in test split
     python sample.py --sweep                     # tau 0.05..0.25: table + accuracy-NFE plot
+    python sample.py --sweep --ckpt out/a/ckpt.pt out/b/ckpt.pt   # several models, one plot
     python sample.py --data ../shared/data/sudoku_extreme_format_sample.csv --limit 20 --json
     python sample.py --show 2                    # print two puzzles' trajectories pass by pass
 """
@@ -147,21 +148,29 @@ def print_trajectory(states, solution):
 
 
 def write_sweep_outputs(rows, out_prefix, title):
-    """Markdown table and accuracy-vs-NFE PNG (the paper's Figure 2 axes) for a tau sweep."""
-    lines = ["| tau | n | acc % | NFE | legal % | cell acc % |", "|---|---|---|---|---|---|"]
+    """Markdown table and accuracy-vs-NFE PNG (the paper's Figure 2 axes) for a tau sweep of one
+    or several checkpoints (rows carry a 'label'): one line per checkpoint."""
+    lines = ["| model | tau | n | acc % | NFE | legal % | cell acc % |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['tau']:.2f} | {r['n']} | {100 * r['acc']:.1f} | {r['nfe']:.2f} | "
-                     f"{100 * r['legal']:.1f} | {100 * r['cell_acc']:.1f} |")
+        lines.append(f"| {r['label']} | {r['tau']:.2f} | {r['n']} | {100 * r['acc']:.1f} | "
+                     f"{r['nfe']:.2f} | {100 * r['legal']:.1f} | {100 * r['cell_acc']:.1f} |")
     md = "\n".join(lines) + "\n"
     _atomic_write(out_prefix + ".md", md)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.plot([r["nfe"] for r in rows], [100 * r["acc"] for r in rows], "o-")
-    for r in rows:
-        ax.annotate(f"tau {r['tau']:.2f}", (r["nfe"], 100 * r["acc"]), fontsize=8,
-                    textcoords="offset points", xytext=(4, -10))
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    for label in labels:
+        rs = [r for r in rows if r["label"] == label]
+        ax.plot([r["nfe"] for r in rs], [100 * r["acc"] for r in rs], "o-", label=label)
+        if len(labels) == 1:
+            for r in rs:
+                ax.annotate(f"tau {r['tau']:.2f}", (r["nfe"], 100 * r["acc"]), fontsize=8,
+                            textcoords="offset points", xytext=(5, 3))
+    if len(labels) > 1:
+        ax.legend(fontsize=8, title=f"tau {rows[0]['tau']:.2f} ... {rows[-1]['tau']:.2f}",
+                  title_fontsize=8)
     ax.set_xlabel("mean NFE (forward passes per puzzle)")
     ax.set_ylabel("exact match (%)")
     ax.set_title(title, fontsize=9)
@@ -183,7 +192,8 @@ def _atomic_write(path, text):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--ckpt", default=None, help="checkpoint (default: newest out/*/ckpt.pt)")
+    p.add_argument("--ckpt", nargs="+", default=None,
+                   help="checkpoint(s) (default: newest out/*/ckpt.pt); several are compared")
     p.add_argument("--tau", type=float, default=0.15, help="uncertainty budget per pass (SPEC 4)")
     p.add_argument("--sweep", action="store_true", help=f"evaluate tau in {SWEEP_TAUS}")
     p.add_argument("--data", default=None, help="'builtin' (the checkpoint's generated test split),"
@@ -203,9 +213,24 @@ def main(argv=None):
         if not 0.0 <= t <= 1.0:
             raise DataError(f"--tau {t}: must lie in [0, 1]")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    ckpt_path = args.ckpt or find_latest_checkpoint()
+    paths = args.ckpt or [find_latest_checkpoint()]
+    rows = []
+    for ckpt_path in paths:
+        rows += evaluate_checkpoint(ckpt_path, taus, args, device)
+    if args.sweep:
+        prefix = args.out or os.path.join(os.path.dirname(paths[0]), "sweep")
+        data = args.data or "each checkpoint's test split"
+        write_sweep_outputs(rows, prefix, f"{', '.join(dict.fromkeys(r['label'] for r in rows))}"
+                                          f" on {data}")
+        (print if not args.json else lambda *a: print(*a, file=sys.stderr))(
+            f"wrote {prefix}.md and {prefix}.png")
+    return rows
+
+
+def evaluate_checkpoint(ckpt_path, taus, args, device):
     model, ckpt = load_checkpoint_model(ckpt_path, device, use_ema=not args.raw)
     targs = ckpt.get("args", {})
+    label = f"{targs.get('method', '?')} ({'tied' if targs.get('tied', True) else 'untied'})"
     data = args.data or targs.get("data", "builtin")
     builtin = dict(n_train=targs.get("n_train", 6000), n_val=targs.get("n_val", 500),
                    n_test=targs.get("n_test", 1000), clues=targs.get("clues", "30-40"),
@@ -213,7 +238,7 @@ def main(argv=None):
     puzzles, solutions = load_boards(data, "test", limit=args.limit, **builtin)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else None
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
-    log(f"{ckpt_path}: {ckpt['args'].get('method', '?')} step {ckpt.get('step')} "
+    log(f"{ckpt_path}: {label} step {ckpt.get('step')} "
         f"({'raw' if args.raw else 'EMA'} weights), {len(puzzles)} puzzles from {data}")
 
     if args.show:
@@ -230,7 +255,8 @@ def main(argv=None):
     for tau in taus:
         t0 = time.time()
         boards, nfe, _ = solve_boards(model, puzzles, tau, args.batch_size, autocast=autocast)
-        row = dict(tau=tau, **score(boards, solutions, puzzles, nfe), wall_s=time.time() - t0)
+        row = dict(label=label, ckpt=ckpt_path, step=ckpt.get("step"), tau=tau,
+                   **score(boards, solutions, puzzles, nfe), wall_s=time.time() - t0)
         for name, sel in (cohorts or {}).items():
             if sel.any():
                 row[name] = score(boards[sel], solutions[sel], puzzles[sel], nfe[sel])
@@ -238,19 +264,15 @@ def main(argv=None):
         if args.json:
             print(json.dumps(row), flush=True)
         else:
-            print(f"tau {tau:.2f} | n {row['n']} | acc {100 * row['acc']:.1f}% | NFE {row['nfe']:.2f} "
-                  f"| legal {100 * row['legal']:.1f}% | cell acc {100 * row['cell_acc']:.1f}%")
+            print(f"{label} | tau {tau:.2f} | n {row['n']} | acc {100 * row['acc']:.1f}% | NFE "
+                  f"{row['nfe']:.2f} | legal {100 * row['legal']:.1f}% | cell acc "
+                  f"{100 * row['cell_acc']:.1f}%")
             for name in (cohorts or {}):
                 if name in row:
                     c = row[name]
                     print(f"    {name:15s} n {c['n']} | acc {100 * c['acc']:.1f}% | NFE "
                           f"{c['nfe']:.2f} | legal {100 * c['legal']:.1f}%")
-    if args.sweep:
-        prefix = args.out or os.path.join(os.path.dirname(ckpt_path), "sweep")
-        write_sweep_outputs(rows, prefix, f"{ckpt['args'].get('method')} on {data}")
-        log(f"wrote {prefix}.md and {prefix}.png")
     return rows
-
 
 if __name__ == "__main__":
     try:

@@ -1,11 +1,10 @@
 """The method itself: the relay step, stop-gradient, the unmasking rule, the sampler, the metrics."""
-import math
 
 import numpy as np
 import pytest
 import torch
 
-from model import MASK_ID, N_DIGITS, ModelConfig, SudokuTransformer, SIZES, encode
+from model import N_DIGITS, ModelConfig, SudokuTransformer, SIZES, encode
 from relay import unmask_budget, unmask_threshold
 from sample import solve_boards, score
 

@@ -69,12 +69,13 @@ def run_cli(*args):
 def test_sample_cli_json_and_errors(tmp_path):
     train(tmp_path, iters=3)
     ckpt = str(tmp_path / "ckpt.pt")
-    r = run_cli("sample.py", "--ckpt", ckpt, "--data", SAMPLE_CSV, "--limit", "6", "--json",
+    r = run_cli("sample.py", "--ckpt", ckpt, ckpt, "--data", SAMPLE_CSV, "--limit", "6", "--json",
                 "--sweep", "--out", str(tmp_path / "sw"))
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in r.stdout.strip().splitlines()]
-    assert [row["tau"] for row in rows] == [0.05, 0.10, 0.15, 0.20, 0.25]
+    assert [row["tau"] for row in rows] == [0.05, 0.10, 0.15, 0.20, 0.25] * 2   # two checkpoints
     assert all({"tau", "n", "acc", "nfe", "legal"} <= set(row) and row["n"] == 6 for row in rows)
+    assert rows[:5] == [dict(r, wall_s=rows[i]["wall_s"]) for i, r in enumerate(rows[5:])]
     assert (tmp_path / "sw.png").stat().st_size > 1000 and (tmp_path / "sw.md").exists()
     # bad input: one line on stderr, exit status 2, no traceback
     bad_csv = tmp_path / "bad.csv"
