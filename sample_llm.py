@@ -266,13 +266,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from code_eval import EvalError
     try:
         main()
-    except LLMError as e:
+    except (LLMError, EvalError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except Exception as e:   # code_eval.EvalError and data problems: one line too
-        if type(e).__name__ == "EvalError":
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
-        raise
