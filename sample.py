@@ -31,13 +31,14 @@ SWEEP_TAUS = (0.05, 0.10, 0.15, 0.20, 0.25)
 
 @torch.no_grad()
 def solve_boards(model, puzzles, tau, batch_size=512, max_passes=MAX_PASSES, record=False,
-                 autocast=None):
+                 autocast=None, use_relay=True):
     """Decode digit puzzles (N, 81) (0 = blank). Each pass: h <- f(Emb(z) + R(h)); reveal masked
     cells by the cumulative-uncertainty rule (relay.unmask_budget) with their argmax digits.
     A board leaves the batch once it has no [MASK], so each board's passes depend on that board
     alone: batched decoding gives the same boards and NFE as decoding one at a time.
     Returns boards (N, 81) uint8, nfe (N,) int, and per board the list of boards after each
-    pass when record=True."""
+    pass when record=True. use_relay=False keeps h = 0 at every pass (an ablation: what the
+    relay model does without the state it learned to read)."""
     model.eval()
     param = next(model.parameters())
     device = param.device
@@ -61,7 +62,8 @@ def solve_boards(model, puzzles, tau, batch_size=512, max_passes=MAX_PASSES, rec
             else:
                 reveal = unmask_budget(logits, masked, tau)
             z[live] = torch.where(reveal, logits.argmax(-1), zl)
-            h[live] = h_new.to(h.dtype)
+            if use_relay:
+                h[live] = h_new.to(h.dtype)
             nfe[live] += 1
             if record:
                 for b, zb in zip(live.tolist(), decode_ids(z[live])):
@@ -201,6 +203,8 @@ def main(argv=None):
     p.add_argument("--limit", type=int, default=None, help="first N puzzles only")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--raw", action="store_true", help="use the raw weights, not the EMA")
+    p.add_argument("--no-relay", dest="relay", action="store_false",
+                   help="ablation: keep h = 0 at every pass (relay models only)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--json", action="store_true", help="one JSON object per tau on stdout")
     p.add_argument("--show", type=int, default=0, help="print N puzzles' trajectories")
@@ -231,6 +235,7 @@ def evaluate_checkpoint(ckpt_path, taus, args, device):
     model, ckpt = load_checkpoint_model(ckpt_path, device, use_ema=not args.raw)
     targs = ckpt.get("args", {})
     label = f"{targs.get('method', '?')} ({'tied' if targs.get('tied', True) else 'untied'})"
+    label += "" if args.relay else ", h = 0"
     data = args.data or targs.get("data", "builtin")
     builtin = dict(n_train=targs.get("n_train", 6000), n_val=targs.get("n_val", 500),
                    n_test=targs.get("n_test", 1000), clues=targs.get("clues", "30-40"),
@@ -254,7 +259,8 @@ def evaluate_checkpoint(ckpt_path, taus, args, device):
     rows = []
     for tau in taus:
         t0 = time.time()
-        boards, nfe, _ = solve_boards(model, puzzles, tau, args.batch_size, autocast=autocast)
+        boards, nfe, _ = solve_boards(model, puzzles, tau, args.batch_size, autocast=autocast,
+                                      use_relay=args.relay)
         row = dict(label=label, ckpt=ckpt_path, step=ckpt.get("step"), tau=tau,
                    **score(boards, solutions, puzzles, nfe), wall_s=time.time() - t0)
         for name, sel in (cohorts or {}).items():

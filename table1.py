@@ -34,6 +34,7 @@ import train_sudoku
 from data.sudoku import DataError, load_boards
 from sample import SWEEP_TAUS
 
+HERE = os.path.dirname(os.path.abspath(__file__))   # train_sudoku.py and sample.py sit beside us
 METHODS = ("mlm", "rollout", "relay_sg", "relay")
 NAMES = {"mlm": "MLM", "rollout": "Rollout", "relay_sg": "Relay (sg)", "relay": "Relay"}
 COLORS = {"mlm": "tab:gray", "rollout": "tab:blue", "relay_sg": "tab:orange", "relay": "tab:red"}
@@ -115,7 +116,8 @@ def evaluate_to(path_out, ckpt, taus, sample_argv, env, log_path):
         rows = [json.loads(l) for l in open(path_out)]
         if rows and all(r["step"] == step for r in rows) and [r["tau"] for r in rows] == list(taus):
             return rows
-    cmd = [sys.executable, "sample.py", "--ckpt", ckpt, "--json", "--cohorts", *sample_argv]
+    cmd = [sys.executable, os.path.join(HERE, "sample.py"), "--ckpt", ckpt, "--json", "--cohorts",
+           *sample_argv]
     cmd += ["--sweep"] if len(taus) > 1 else ["--tau", str(taus[0])]
     if len(taus) > 1:
         cmd += ["--out", os.path.join(os.path.dirname(ckpt), "sweep")]
@@ -143,9 +145,10 @@ def do_run(run, a, env):
     for target in legs:
         at = run.step_of(run.ckpt)
         if at < target:
-            cmd = launcher(a) + ["train_sudoku.py", *run.train_argv, "--max-iters", str(target)]
+            cmd = launcher(a) + [os.path.join(HERE, "train_sudoku.py"), *run.train_argv,
+                                 "--max-iters", str(target)]
             run_logged(cmd + (["--resume"] if at > 0 else []), log_path, env)
-        if target == run.matched_steps and not os.path.exists(run.matched):
+        if target == run.matched_steps and run.step_of(run.matched) != target:
             if run.step_of(run.ckpt) != target:
                 raise RuntimeError(f"{run.ckpt}: at step {run.step_of(run.ckpt)}, past the matched "
                                    f"point {target} with no {run.matched}; delete {run.dir} to redo")
@@ -156,6 +159,9 @@ def do_run(run, a, env):
     if run.matched_steps:
         evaluate_to(os.path.join(run.dir, "matched.jsonl"), run.matched, (TABLE_TAU,),
                     run.sample_argv, env, log_path)
+    if run.method.startswith("relay"):   # ablation: the same weights with h = 0 at every pass
+        evaluate_to(os.path.join(run.dir, "no_relay.jsonl"), run.ckpt, (TABLE_TAU,),
+                    run.sample_argv + ["--no-relay"], env, log_path)
     return time.time() - t0
 
 
@@ -177,11 +183,12 @@ def load_run(run):
     if ck["step"] != run.steps:
         return None
     hist = [json.loads(l) for l in open(os.path.join(run.dir, "eval.jsonl"))]
-    matched = None
-    if run.matched_steps and os.path.exists(os.path.join(run.dir, "matched.jsonl")):
-        matched = [json.loads(l) for l in open(os.path.join(run.dir, "matched.jsonl"))][0]
+    def first_row(name):
+        path = os.path.join(run.dir, name)
+        return json.loads(open(path).readline()) if os.path.exists(path) else None
     return dict(run=run, step=ck["step"], wall_s=ck["elapsed_s"], batch=ck["args"]["batch_size"],
-                sweep=[json.loads(l) for l in open(sweep)], matched=matched,
+                sweep=[json.loads(l) for l in open(sweep)], matched=first_row("matched.jsonl"),
+                no_relay=first_row("no_relay.jsonl"),
                 history=hist, params=sum(v.numel() for k, v in ck["model"].items()))
 
 
@@ -212,9 +219,9 @@ def machine():
 def commit():
     try:
         c = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                           check=True).stdout.strip()
+                           check=True, cwd=HERE).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True).stdout.strip()
+                               capture_output=True, text=True, cwd=HERE).stdout.strip()
         return c + (" (with uncommitted changes)" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -229,10 +236,14 @@ def write_report(groups, a, total_wall_s):
     n_test = first["sweep"][0]["n"]
     shortened = a.steps < a.preset_steps
     L = [f"# Table 1 reproduction, preset `{a.preset}`" + (" (shortened)" if shortened else ""), ""]
-    L += [f"- command: `python table1.py {shlex.join(a.argv)}`".rstrip(),
-          f"- commit {commit()}, {datetime.date.today().isoformat()}; machine: {machine()}",
+    trained = ", ".join(dict.fromkeys(x["commit"] for x in a.invocations)) or "unknown"
+    argv = [x for x in a.argv if x != "--report-only"]
+    L += [f"- command: `python table1.py {shlex.join(argv)}`".rstrip(),
+          f"- report written at commit {commit()} on {datetime.date.today().isoformat()}; runs "
+          f"trained and evaluated at commit(s) {trained}",
+          f"- machine: {machine()}",
           f"- {a.steps:,} optimizer steps per run" + (f" (the preset's {a.preset_steps:,} "
-          f"shortened)" if shortened else "") + f", batch {first['batch']}, K = {a.K}; "
+          f"shortened)" if shortened else "") + f", batch {first['batch'] * a.nproc}, K = {a.K}; "
           f"{first['params'] / 1e6:.2f}M parameters; seeds {', '.join(map(str, a.seeds))}",
           f"- evaluation: EMA weights, {n_test} held-out test puzzles, tau {TABLE_TAU} unless said;"
           f" mean ± sample std over seeds",
@@ -292,6 +303,20 @@ def write_report(groups, a, total_wall_s):
             L.append(f"| {NAMES[m]} | {t} | {steps:,} | {steps * run.k:,} | "
                      f"{ms([r['acc'] for r in rs], 100)} | {ms([r['nfe'] for r in rs], fmt='{:.2f}')}"
                      f" | {ms([r['legal'] for r in rs], 100)} |")
+        L.append("")
+
+    ablate = [k for k in keys if all(x["no_relay"] for x in groups[k])]
+    if ablate:
+        L += [f"## Does the model read h? Relay models with h = 0 at every pass, tau {TABLE_TAU}",
+              "", "Same EMA weights, same puzzles; only the relayed state is withheld at inference.",
+              "", "| method | output | acc % with h | NFE with h | acc % with h = 0 | NFE with h = 0 |",
+              "|---|---|---|---|---|---|"]
+        for m, t in ablate:
+            g = groups[(m, t)]
+            rs, zs = [at_tau(x["sweep"], TABLE_TAU) for x in g], [x["no_relay"] for x in g]
+            L.append(f"| {NAMES[m]} | {t} | {ms([r['acc'] for r in rs], 100)} | "
+                     f"{ms([r['nfe'] for r in rs], fmt='{:.2f}')} | {ms([r['acc'] for r in zs], 100)}"
+                     f" | {ms([r['nfe'] for r in zs], fmt='{:.2f}')} |")
         L.append("")
 
     L += ["## Tau sweep (Figure 2: frontier.png)", "", "| method | output | " +
@@ -354,8 +379,8 @@ def plot_frontier(groups, keys, path, a, n_test):
                     label=f"{NAMES[m]}" + (f" ({t})" if len(a.ties) > 1 else ""))
         order = np.argsort(nm)
         ax.fill_between(nm[order], (am - asd)[order], (am + asd)[order], color=COLORS[m], alpha=0.2)
-    ax.set_xlabel(f"mean NFE (forward passes per puzzle), tau {SWEEP_TAUS[0]} (left) ... "
-                  f"{SWEEP_TAUS[-1]} (right)", fontsize=8)
+    ax.set_xlabel(f"mean NFE (forward passes per puzzle); one point per tau, {SWEEP_TAUS[-1]} "
+                  f"at the left ... {SWEEP_TAUS[0]} at the right", fontsize=8)
     ax.set_ylabel("exact match (%)")
     ax.set_title(f"preset {a.preset}: {n_test} test puzzles, {a.steps:,} steps, mean ± 1 std over "
                  f"{len(a.seeds)} seed(s)", fontsize=9)
@@ -410,6 +435,10 @@ def main(argv=None):
     a.results_dir = a.results_dir or os.path.join("results", a.preset)
     # the step budget and data settings exactly as train_sudoku.py will resolve them
     targs = train_sudoku.resolve_args(PRESETS[a.preset]["train"] + a.train_argv)
+    if a.nproc > 1:   # the preset's batch is the global one: split it over the GPUs of a run
+        if targs.batch_size % a.nproc:
+            raise DataError(f"--nproc {a.nproc}: does not divide the batch of {targs.batch_size}")
+        a.train_argv += ["--batch-size", str(targs.batch_size // a.nproc)]
     a.preset_steps = targs.max_iters
     a.steps = a.max_iters or targs.max_iters
     if a.steps < 2 * a.K:
@@ -419,7 +448,7 @@ def main(argv=None):
     a.threads = max(1, cores // a.jobs) if targs.device == "cpu" else 1
     runs = [Run(m, t, s, a) for t in a.ties for m in a.methods for s in a.seeds]
 
-    t0 = time.time()
+    t0, started_at = time.time(), commit()
     if not a.report_only:
         if targs.data == "builtin":   # generate (and cache) the puzzles once, before the workers
             load_boards("builtin", "train", n_train=targs.n_train, n_val=targs.n_val,
@@ -446,9 +475,9 @@ def main(argv=None):
     log = os.path.join(a.runs_dir, "invocations.jsonl")   # wall time summed over resumed invocations
     if not a.report_only:
         with open(log, "a") as f:
-            f.write(json.dumps(dict(commit=commit(), argv=a.argv, wall_s=time.time() - t0)) + "\n")
+            f.write(json.dumps(dict(commit=started_at, argv=a.argv, wall_s=time.time() - t0)) + "\n")
     past = [json.loads(l) for l in open(log)] if os.path.exists(log) else []
-    a.n_invocations = len(past)
+    a.n_invocations, a.invocations = len(past), past
     groups = {}
     for r in runs:
         x = load_run(r)

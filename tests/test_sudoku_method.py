@@ -161,6 +161,20 @@ def test_batched_decoding_equals_one_at_a_time(tau):
         assert np.array_equal(b1[0], boards[i])
 
 
+def test_no_relay_ablation_feeds_zero_state_every_pass():
+    m = sharp_model(4)
+    with torch.no_grad():
+        m.relay.norm.weight.normal_(0, 3.0)   # a relay that moves the predictions
+    puzzles = random_boards(8, seed=6, blanks=55)
+    with_h = solve_boards(m, puzzles, 0.3)
+    without = solve_boards(m, puzzles, 0.3, use_relay=False)
+    forward = m.forward
+    m.forward = lambda z, h: forward(z, torch.zeros_like(h))   # what the ablation must equal
+    zeroed = solve_boards(m, puzzles, 0.3)
+    assert (without[0] == zeroed[0]).all() and (without[1] == zeroed[1]).all()
+    assert (with_h[0] != without[0]).any() or (with_h[1] != without[1]).any()   # h did matter
+
+
 def test_decoding_keeps_clues_and_fills_every_cell():
     m = sharp_model(4)
     puzzles = random_boards(6, seed=6, blanks=60)

@@ -1,0 +1,81 @@
+"""table1.py: runs every method x seed, keeps the forward-pass-matched checkpoint, skips finished
+runs, resumes interrupted ones exactly, and reports mean +- std."""
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+import table1
+from data.sudoku import DataError
+
+TINY = "--size tiny --n-train 200 --n-val 40 --n-test 40 --batch-size 16 --eval-n 16 --lr 3e-3"
+
+
+def run_table(tmp_path, *extra):
+    return table1.main(["--train-args", TINY, "--max-iters", "8", "--seeds", "1", "2",
+                        "--methods", "mlm", "relay", "--runs-dir", str(tmp_path / "runs"),
+                        "--results-dir", str(tmp_path / "res"), *extra])
+
+
+def step_of(path):
+    return torch.load(path, weights_only=False)["step"]
+
+
+def test_table_runs_resumes_and_reports(tmp_path):
+    groups = run_table(tmp_path)
+    runs = tmp_path / "runs"
+    assert sorted(os.listdir(runs)) == ["invocations.jsonl", "mlm_tied_s1", "mlm_tied_s2",
+                                        "relay_tied_s1", "relay_tied_s2"]
+    assert step_of(runs / "relay_tied_s1" / "ckpt.pt") == 8
+    assert step_of(runs / "relay_tied_s1" / "ckpt_matched.pt") == 4     # 4 steps x K=2 = 8 passes
+    assert not (runs / "mlm_tied_s1" / "ckpt_matched.pt").exists()      # MLM: 1 pass per step
+    sweep = [json.loads(l) for l in open(runs / "relay_tied_s2" / "sweep.jsonl")]
+    assert [r["tau"] for r in sweep] == list(table1.SWEEP_TAUS) and {r["n"] for r in sweep} == {40}
+    assert [r["step"] for r in groups[("relay", "tied")][0]["history"]] == [4, 8]
+    assert (runs / "relay_tied_s1" / "no_relay.jsonl").exists()          # the h = 0 ablation
+    assert not (runs / "mlm_tied_s1" / "no_relay.jsonl").exists()
+
+    md = (tmp_path / "res" / "table1.md").read_text()
+    assert "commit unknown" not in md and "0.02M parameters; seeds 1, 2" in md
+    rows = {l.split("|")[1].strip(): [c.strip() for c in l.split("|")[1:-1]]
+            for l in md.split("### Cohorts")[0].splitlines() if l.startswith("| M")
+            or l.startswith("| Relay")}
+    assert rows["MLM"][2:5] == ["2", "8", "8"] and rows["Relay"][2:5] == ["2", "8", "16"]
+    matched = md.split("## At equal forward passes")[1].split("##")[0]
+    assert "| Relay | tied | 4 | 8 |" in matched and "| MLM | tied | 8 | 8 |" in matched
+    ablation = md.split("## Does the model read h?")[1].split("##")[0]
+    assert "| Relay | tied |" in ablation and "| MLM |" not in ablation
+    for f in ("frontier.png", "curves.png"):
+        assert (tmp_path / "res" / f).stat().st_size > 10_000
+
+    # a finished run is not trained again
+    final = torch.load(runs / "relay_tied_s1" / "ckpt.pt", weights_only=False)
+    log_before = (runs / "relay_tied_s1" / "train.log").read_text()
+    run_table(tmp_path)
+    assert (runs / "relay_tied_s1" / "train.log").read_text() == log_before
+
+    # an interrupted run (stopped at the matched point) continues from its checkpoint and ends
+    # where the uninterrupted run ended
+    shutil.copyfile(runs / "relay_tied_s1" / "ckpt_matched.pt", runs / "relay_tied_s1" / "ckpt.pt")
+    os.remove(runs / "relay_tied_s1" / "sweep.jsonl")
+    run_table(tmp_path)
+    assert "resumed" in (runs / "relay_tied_s1" / "train.log").read_text()
+    again = torch.load(runs / "relay_tied_s1" / "ckpt.pt", weights_only=False)
+    assert again["step"] == 8
+    for k, v in final["ema"].items():
+        assert torch.equal(again["ema"][k], v), k
+    assert len(open(runs / "invocations.jsonl").readlines()) == 3
+
+
+def test_mean_and_sample_std():
+    assert table1.ms([0.5, 0.7], 100) == "60.0 ± 14.1"      # sample std, ddof 1
+    assert table1.ms([0.5], 100) == "50.0"
+
+
+def test_report_without_runs_is_one_clear_error(tmp_path):
+    with pytest.raises(DataError, match="no finished run"):
+        table1.main(["--report-only", "--runs-dir", str(tmp_path / "none"),
+                     "--results-dir", str(tmp_path / "res")])
+    assert not (tmp_path / "res" / "table1.md").exists()
