@@ -157,7 +157,7 @@ def write_sweep_outputs(rows, out_prefix, title):
         lines.append(f"| {r['label']} | {r['tau']:.2f} | {r['n']} | {100 * r['acc']:.1f} | "
                      f"{r['nfe']:.2f} | {100 * r['legal']:.1f} | {100 * r['cell_acc']:.1f} |")
     md = "\n".join(lines) + "\n"
-    _atomic_write(out_prefix + ".md", md)
+    atomic_write(out_prefix + ".md", md)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -185,7 +185,7 @@ def write_sweep_outputs(rows, out_prefix, title):
     return md
 
 
-def _atomic_write(path, text):
+def atomic_write(path, text):
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write(text)

@@ -32,7 +32,7 @@ import torch
 
 import train_sudoku
 from data.sudoku import DataError, load_boards
-from sample import SWEEP_TAUS
+from sample import SWEEP_TAUS, atomic_write
 
 HERE = os.path.dirname(os.path.abspath(__file__))   # train_sudoku.py and sample.py sit beside us
 METHODS = ("mlm", "rollout", "relay_sg", "relay")
@@ -65,7 +65,7 @@ p.add_argument("--ties", nargs="+", default=None, choices=["tied", "untied"],
 p.add_argument("--seeds", nargs="+", type=int, default=[1, 2])
 p.add_argument("--K", type=int, default=2, help="rollout steps per update for the K-pass methods")
 p.add_argument("--max-iters", type=int, default=None,
-               help="optimizer steps per run (default: the preset's); a shortened run is marked")
+               help="optimizer steps per run (default: the preset's); the table marks a change")
 p.add_argument("--train-args", default="",
                help="extra train_sudoku.py flags for every run, e.g. '--size tiny --n-train 200'")
 p.add_argument("--jobs", type=int, default=None,
@@ -128,10 +128,7 @@ def evaluate_to(path_out, ckpt, taus, sample_argv, env, log_path):
     if r.returncode != 0:
         raise RuntimeError(f"sample.py on {ckpt} failed (exit {r.returncode}); see {log_path}")
     rows = [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")]
-    tmp = path_out + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(x) + "\n" for x in rows)
-    os.replace(tmp, path_out)
+    atomic_write(path_out, "".join(json.dumps(x) + "\n" for x in rows))
     return rows
 
 
@@ -187,6 +184,7 @@ def load_run(run):
         path = os.path.join(run.dir, name)
         return json.loads(open(path).readline()) if os.path.exists(path) else None
     return dict(run=run, step=ck["step"], wall_s=ck["elapsed_s"], batch=ck["args"]["batch_size"],
+                eval_n=ck["args"]["eval_n"],
                 sweep=[json.loads(l) for l in open(sweep)], matched=first_row("matched.jsonl"),
                 no_relay=first_row("no_relay.jsonl"),
                 history=hist, params=sum(v.numel() for k, v in ck["model"].items()))
@@ -234,8 +232,9 @@ def write_report(groups, a, total_wall_s):
     keys = [(m, t) for t in a.ties for m in a.methods if groups.get((m, t))]
     first = groups[keys[0]][0]
     n_test = first["sweep"][0]["n"]
-    shortened = a.steps < a.preset_steps
-    L = [f"# Table 1 reproduction, preset `{a.preset}`" + (" (shortened)" if shortened else ""), ""]
+    changed = ("shortened" if a.steps < a.preset_steps else
+               "extended" if a.steps > a.preset_steps else "")
+    L = [f"# Table 1 reproduction, preset `{a.preset}`" + (f" ({changed})" if changed else ""), ""]
     trained = ", ".join(dict.fromkeys(x["commit"] for x in a.invocations)) or "unknown"
     argv = [x for x in a.argv if x != "--report-only"]
     L += [f"- command: `python table1.py {shlex.join(argv)}`".rstrip(),
@@ -243,9 +242,9 @@ def write_report(groups, a, total_wall_s):
           f"trained and evaluated at commit(s) {trained}",
           f"- machine: {machine()}",
           f"- {a.steps:,} optimizer steps per run" + (f" (the preset's {a.preset_steps:,} "
-          f"shortened)" if shortened else "") + f", batch {first['batch'] * a.nproc}, K = {a.K}; "
+          f"{changed})" if changed else "") + f", batch {first['batch'] * a.nproc}, K = {a.K}; "
           f"{first['params'] / 1e6:.2f}M parameters; seeds {', '.join(map(str, a.seeds))}",
-          f"- evaluation: EMA weights, {n_test} held-out test puzzles, tau {TABLE_TAU} unless said;"
+          f"- evaluation: EMA weights, {n_test:,} held-out test puzzles, tau {TABLE_TAU} unless said;"
           f" mean ± sample std over seeds",
           f"- wall time, training and evaluation: {total_wall_s / 60:.1f} min over "
           f"{a.n_invocations} invocation(s) of this script ({a.jobs} run(s) at once, {a.threads} "
@@ -344,12 +343,6 @@ def write_report(groups, a, total_wall_s):
     return md
 
 
-def atomic_write(path, text):
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-
-
 def _plt():
     import matplotlib
     matplotlib.use("Agg")
@@ -411,14 +404,16 @@ def plot_curves(groups, keys, path, a):
                         alpha=1.0 if t == "tied" else 0.6)
                 ax.fill_between(steps, mean - sd, mean + sd, color=COLORS[m], alpha=0.15)
     axes[0].set_ylabel("exact match (%)")
-    axes[1].set_ylabel("mean NFE")
+    axes[1].set_ylabel("mean NFE (log scale)")
+    axes[1].set_yscale("log")
     for ax in axes:
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, ncol=2)
-    fig.suptitle(f"preset {a.preset}: EMA weights at tau {TABLE_TAU} during training (held-out "
-                 f"validation puzzles solid, base training puzzles dashed), mean ± 1 std over "
-                 f"{len(a.seeds)} seed(s)", fontsize=9)
+    n = groups[keys[0]][0]["eval_n"]
+    fig.suptitle(f"preset {a.preset}: EMA weights at tau {TABLE_TAU} during training, {n} held-out "
+                 f"validation puzzles (solid) and {n} base training puzzles (dashed); mean ± 1 std "
+                 f"over {len(a.seeds)} seed(s)", fontsize=9)
     fig.tight_layout()
     save_fig(fig, path)
     plt.close(fig)
