@@ -209,6 +209,11 @@ def machine():
     except (OSError, StopIteration):
         pass
     desc = f"{cpu}, {os.cpu_count()} cores"
+    try:
+        kb = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal"))
+        desc += f", {kb / 2**20:.0f} GiB RAM"
+    except (OSError, StopIteration):
+        pass
     if torch.cuda.is_available():
         desc += f", {torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
     return desc
@@ -218,9 +223,9 @@ def commit():
     try:
         c = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                            check=True, cwd=HERE).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "*.py"],
                                capture_output=True, text=True, cwd=HERE).stdout.strip()
-        return c + (" (with uncommitted changes)" if dirty else "")
+        return c + (" (with uncommitted code changes)" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
