@@ -3,7 +3,7 @@ Reproduce the paper's Sudoku comparison (Table 1, Figure 2, legal boards) with o
 train every method x {tied, untied} x seed, evaluate each run's EMA weights on the same held-out
 split across the tau sweep, and write the table and plots under results/<preset>/.
 
-    python table1.py --preset cpu                     # 4 methods x tied x seeds 1 2, about 2 h here
+    python table1.py --preset cpu                     # 4 methods x tied x seeds 1 2: 98 min here
     python table1.py --preset cpu --ties tied untied --seeds 1 2 3
     python table1.py --preset paper --max-iters 20000 # SPEC 3 on Sudoku-Extreme, shortened
     python table1.py --preset paper --nproc 8         # each run on 8 GPUs with torchrun
