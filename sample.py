@@ -247,7 +247,8 @@ def evaluate_checkpoint(ckpt_path, taus, args, device):
         f"({'raw' if args.raw else 'EMA'} weights), {len(puzzles)} puzzles from {data}")
 
     if args.show:
-        boards, nfe, trajs = solve_boards(model, puzzles[:args.show], taus[0], record=True)
+        boards, nfe, trajs = solve_boards(model, puzzles[:args.show], taus[0], record=True,
+                                           use_relay=args.relay)
         for n in range(len(boards)):
             ok = "solved" if (boards[n] == solutions[n]).all() else "NOT solved"
             print(f"puzzle {n}: {to_string(puzzles[n])}  -> {ok} in {nfe[n]} passes")

@@ -94,10 +94,12 @@ class Run:
         self.ckpt = os.path.join(self.dir, "ckpt.pt")
         self.matched = os.path.join(self.dir, "ckpt_matched.pt")
 
-    def step_of(self, path):
-        if not os.path.exists(path):
-            return 0
-        return torch.load(path, map_location="cpu", weights_only=False)["step"]
+
+def ckpt_step(path):
+    """The optimizer step a checkpoint was saved at; 0 if there is none."""
+    if not os.path.exists(path):
+        return 0
+    return torch.load(path, map_location="cpu", weights_only=False)["step"]
 
 
 def run_logged(cmd, log_path, env):
@@ -111,7 +113,7 @@ def run_logged(cmd, log_path, env):
 
 def evaluate_to(path_out, ckpt, taus, sample_argv, env, log_path):
     """sample.py --json on ckpt; its rows are kept in path_out (skipped if already there)."""
-    step = torch.load(ckpt, map_location="cpu", weights_only=False)["step"]
+    step = ckpt_step(ckpt)
     if os.path.exists(path_out):
         rows = [json.loads(l) for l in open(path_out)]
         if rows and all(r["step"] == step for r in rows) and [r["tau"] for r in rows] == list(taus):
@@ -140,14 +142,15 @@ def do_run(run, a, env):
     t0 = time.time()
     legs = ([run.matched_steps] if run.matched_steps else []) + [run.steps]
     for target in legs:
-        at = run.step_of(run.ckpt)
+        at = ckpt_step(run.ckpt)
         if at < target:
             cmd = launcher(a) + [os.path.join(HERE, "train_sudoku.py"), *run.train_argv,
                                  "--max-iters", str(target)]
             run_logged(cmd + (["--resume"] if at > 0 else []), log_path, env)
-        if target == run.matched_steps and run.step_of(run.matched) != target:
-            if run.step_of(run.ckpt) != target:
-                raise RuntimeError(f"{run.ckpt}: at step {run.step_of(run.ckpt)}, past the matched "
+        if target == run.matched_steps and ckpt_step(run.matched) != target:
+            at = ckpt_step(run.ckpt)
+            if at != target:
+                raise RuntimeError(f"{run.ckpt}: at step {at}, past the matched "
                                    f"point {target} with no {run.matched}; delete {run.dir} to redo")
             shutil.copyfile(run.ckpt, run.matched + ".tmp")
             os.replace(run.matched + ".tmp", run.matched)
