@@ -158,7 +158,8 @@ def test_resume_continues_exactly(tiny_dir, tmp_path):
 
 
 def test_torchrun_two_ranks_stay_identical(tiny_dir, tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+    # --standalone: a free rendezvous port, not the fixed 29500 another job may hold
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "train_llm.py", "--model", tiny_dir, "--method", "relay", "--max-iters", "3",
            "--ckpt-interval", "1", "--out-dir", str(tmp_path), "--no-progress"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
