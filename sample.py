@@ -151,17 +151,30 @@ def print_trajectory(states, solution):
 
 def write_sweep_outputs(rows, out_prefix, title):
     """Markdown table and accuracy-vs-NFE PNG (the paper's Figure 2 axes) for a tau sweep of one
-    or several checkpoints (rows carry a 'label'): one line per checkpoint."""
-    lines = ["| model | tau | n | acc % | NFE | legal % | cell acc % |", "|---|---|---|---|---|---|---|"]
+    or several checkpoints (rows carry a unique 'label'): one line and one colour per checkpoint."""
+    lines = ["| model | step | tau | n | acc % | NFE | legal % | cell acc % |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['label']} | {r['tau']:.2f} | {r['n']} | {100 * r['acc']:.1f} | "
-                     f"{r['nfe']:.2f} | {100 * r['legal']:.1f} | {100 * r['cell_acc']:.1f} |")
+        lines.append(f"| {r['label']} | {r['step']} | {r['tau']:.2f} | {r['n']} | "
+                     f"{100 * r['acc']:.1f} | {r['nfe']:.2f} | {100 * r['legal']:.1f} | "
+                     f"{100 * r['cell_acc']:.1f} |")
     md = "\n".join(lines) + "\n"
     atomic_write(out_prefix + ".md", md)
+    import matplotlib.pyplot as plt
+    fig = sweep_figure(rows, title)
+    tmp = out_prefix + ".tmp.png"
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, out_prefix + ".png")
+    plt.close(fig)
+    return md
+
+
+def sweep_figure(rows, title):
+    """The frontier figure of write_sweep_outputs: one line per distinct row label."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
     labels = list(dict.fromkeys(r["label"] for r in rows))
     for label in labels:
         rs = [r for r in rows if r["label"] == label]
@@ -171,18 +184,36 @@ def write_sweep_outputs(rows, out_prefix, title):
                 ax.annotate(f"tau {r['tau']:.2f}", (r["nfe"], 100 * r["acc"]), fontsize=8,
                             textcoords="offset points", xytext=(5, 3))
     if len(labels) > 1:
-        ax.legend(fontsize=8, title=f"tau {rows[0]['tau']:.2f} ... {rows[-1]['tau']:.2f}",
+        ax.legend(fontsize=7, title=f"tau {rows[0]['tau']:.2f} ... {rows[-1]['tau']:.2f}",
                   title_fontsize=8)
     ax.set_xlabel("mean NFE (forward passes per puzzle)")
     ax.set_ylabel("exact match (%)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = out_prefix + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, out_prefix + ".png")
-    plt.close(fig)
-    return md
+    return fig
+
+
+def run_names(paths):
+    """A short name per checkpoint path that tells them apart: the run directory's name (plus
+    the file's name when it is not ckpt.pt), with more parent directories only where two would
+    collide. The same path given twice gets ' #2', ' #3', ..."""
+    parts = []
+    for path in paths:
+        a = os.path.normpath(os.path.abspath(path)).split(os.sep)
+        parts.append(a[:-1] if a[-1] == "ckpt.pt" else a[:-2] + [f"{a[-2]}/{a[-1]}"])
+    depth = 1
+    while True:
+        names = ["/".join(a[-depth:]) for a in parts]
+        if len(set(names)) == len(names) or depth >= max(len(a) for a in parts):
+            break
+        depth += 1
+    seen = {}
+    for i, n in enumerate(names):
+        seen[n] = seen.get(n, 0) + 1
+        if seen[n] > 1:
+            names[i] = f"{n} #{seen[n]}"
+    return names
 
 
 def atomic_write(path, text):
@@ -219,23 +250,25 @@ def main(argv=None):
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     paths = args.ckpt or [find_latest_checkpoint()]
     rows = []
-    for ckpt_path in paths:
-        rows += evaluate_checkpoint(ckpt_path, taus, args, device)
+    for ckpt_path, name in zip(paths, run_names(paths)):
+        rows += evaluate_checkpoint(ckpt_path, taus, args, device, name)
     if args.sweep:
         prefix = args.out or os.path.join(os.path.dirname(paths[0]), "sweep")
-        data = args.data or "each checkpoint's test split"
-        write_sweep_outputs(rows, prefix, f"{', '.join(dict.fromkeys(r['label'] for r in rows))}"
-                                          f" on {data}")
+        data = os.path.basename(args.data) if args.data else "each checkpoint's test split"
+        n = len(dict.fromkeys(r["label"] for r in rows))
+        write_sweep_outputs(rows, prefix, f"{rows[0]['label'] if n == 1 else f'{n} checkpoints'}"
+                                          f" on {data}, {rows[0]['n']} puzzles")
         (print if not args.json else lambda *a: print(*a, file=sys.stderr))(
             f"wrote {prefix}.md and {prefix}.png")
     return rows
 
 
-def evaluate_checkpoint(ckpt_path, taus, args, device):
+def evaluate_checkpoint(ckpt_path, taus, args, device, name):
+    """Rows for one checkpoint, labelled 'method (tie) name @step' (name from run_names)."""
     model, ckpt = load_checkpoint_model(ckpt_path, device, use_ema=not args.raw)
     targs = ckpt.get("args", {})
-    label = f"{targs.get('method', '?')} ({'tied' if targs.get('tied', True) else 'untied'})"
-    label += "" if args.relay else ", h = 0"
+    label = (f"{targs.get('method', '?')} ({'tied' if targs.get('tied', True) else 'untied'})"
+             f"{'' if args.relay else ', h = 0'} {name} @{ckpt.get('step')}")
     data = args.data or targs.get("data", "builtin")
     builtin = dict(n_train=targs.get("n_train", 6000), n_val=targs.get("n_val", 500),
                    n_test=targs.get("n_test", 1000), clues=targs.get("clues", "30-40"),
@@ -243,8 +276,8 @@ def evaluate_checkpoint(ckpt_path, taus, args, device):
     puzzles, solutions = load_boards(data, "test", limit=args.limit, **builtin)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else None
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
-    log(f"{ckpt_path}: {label} step {ckpt.get('step')} "
-        f"({'raw' if args.raw else 'EMA'} weights), {len(puzzles)} puzzles from {data}")
+    log(f"{ckpt_path}: {label} ({'raw' if args.raw else 'EMA'} weights), {len(puzzles)} puzzles "
+        f"from {data}")
 
     if args.show:
         boards, nfe, trajs = solve_boards(model, puzzles[:args.show], taus[0], record=True,

@@ -75,7 +75,10 @@ def test_sample_cli_json_and_errors(tmp_path):
     rows = [json.loads(line) for line in r.stdout.strip().splitlines()]
     assert [row["tau"] for row in rows] == [0.05, 0.10, 0.15, 0.20, 0.25] * 2   # two checkpoints
     assert all({"tau", "n", "acc", "nfe", "legal"} <= set(row) and row["n"] == 6 for row in rows)
-    assert rows[:5] == [dict(r, wall_s=rows[i]["wall_s"]) for i, r in enumerate(rows[5:])]
+    # the same checkpoint twice: the same figures, told apart in the label
+    same = lambda r: {k: v for k, v in r.items() if k not in ("wall_s", "label")}
+    assert [same(r) for r in rows[:5]] == [same(r) for r in rows[5:]]
+    assert rows[0]["label"] != rows[5]["label"] and rows[5]["label"].endswith("#2 @3")
     assert (tmp_path / "sw.png").stat().st_size > 1000 and (tmp_path / "sw.md").exists()
     # bad input: one line on stderr, exit status 2, no traceback
     bad_csv = tmp_path / "bad.csv"
@@ -90,6 +93,35 @@ def test_sample_cli_json_and_errors(tmp_path):
         r = run_cli("sample.py", *args)
         assert r.returncode == 2, (args, r.stderr)
         assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_compared_checkpoints_of_one_method_stay_apart(tmp_path):
+    """Two runs of the same method (issue 19): distinct labels naming run and step, one line each
+    in the figure, a step column in the table."""
+    import matplotlib.pyplot as plt
+    import sample
+    train(tmp_path / "relay_a", iters=3)
+    train(tmp_path / "relay_b", iters=6)
+    rows = sample.main(["--ckpt", str(tmp_path / "relay_a" / "ckpt.pt"),
+                        str(tmp_path / "relay_b" / "ckpt.pt"), "--data", SAMPLE_CSV, "--limit", "4",
+                        "--sweep", "--out", str(tmp_path / "cmp")])
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    assert labels == ["relay (tied) relay_a @3", "relay (tied) relay_b @6"]
+    assert [r["step"] for r in rows] == [3] * 5 + [6] * 5
+    fig = sample.sweep_figure(rows, "t")
+    lines = fig.axes[0].get_lines()
+    assert len(lines) == 2 and lines[0].get_color() != lines[1].get_color()
+    assert [len(l.get_xdata()) for l in lines] == [5, 5]
+    plt.close(fig)
+    md = (tmp_path / "cmp.md").read_text().splitlines()
+    assert md[0].startswith("| model | step | tau |")
+    assert md[2].startswith("| relay (tied) relay_a @3 | 3 | 0.05 |")
+    assert md[7].startswith("| relay (tied) relay_b @6 | 6 | 0.05 |")
+    # same run name under two parents: one more directory each; a second file of a run keeps
+    # its file name; the same path twice is numbered
+    assert sample.run_names(["x/r1/ckpt.pt", "y/r1/ckpt.pt", "y/r1/ckpt_matched.pt"]) == \
+        ["x/r1", "y/r1", "y/r1/ckpt_matched.pt"]
+    assert sample.run_names(["a/ckpt.pt", "a/ckpt.pt"])[1].endswith("a #2")
 
 
 def test_incompatible_checkpoint_is_refused(tmp_path):
