@@ -1,24 +1,29 @@
 """
-Speed figures for the Sudoku scripts, measured in one run on this machine:
+Speed and memory figures, measured in one run on this machine. Sudoku (always):
 - the fp32 matmul peak (a large square matmul, the best of several timings),
 - training throughput (boards/s), achieved FLOP/s and MFU = achieved / that peak, for the CPU
   default size and the paper size, running train_sudoku.py's own rollout/relay step,
 - sampler overhead = sampling wall time / (batched passes x one full-batch forward).
+The LLM (with --llm-model): peak memory of one training micro-step per method, each in a fresh
+process, and cached vs uncached block decoding (same tokens, wall time).
 
-    python bench.py                 # both sizes, relay K=2
+    python bench.py                          # Sudoku: both sizes, relay K=2
     python bench.py --sizes cpu --steps 3
+    python bench.py --llm-model T --skip-sudoku   # T: python llm.py --init-tiny T
 """
 import argparse
-import contextlib
+import json
+import multiprocessing
 import time
 
 import numpy as np
 import torch
 
-from model import SIZES, build_model
+from common import autocast_for, resolve_device, run_main
+from model import SIZES, build_model, encode
 from sample import solve_boards
 from data.sudoku import load_boards
-import train_sudoku as T
+import train_sudoku
 
 
 def matmul_peak(device, n=2048, reps=5):
@@ -44,19 +49,19 @@ def bench_train(size, batch, K, steps, device, puzzles, solutions):
     model = build_model(cfg).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     rng = np.random.default_rng(0)
-    stream = T.PuzzleStream(puzzles, solutions, True, rng)
-    pool = T.Pool(batch, model.cfg.n_embd, device)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else contextlib.nullcontext())
+    stream = train_sudoku.PuzzleStream(puzzles, solutions, True, rng)
+    buffer = train_sudoku.StreamingBuffer(batch, model.cfg.n_embd, device)
+    autocast = autocast_for(device)
 
     def step():
-        pool.refill(stream)
-        loss, z, h = T.rollout_loss(model, pool, K, lambda: 0.15, True, False, autocast)
+        buffer.refill(stream)
+        loss, z, h = train_sudoku.rollout_loss(model, buffer, K, lambda: 0.15, use_relay=True,
+                                               stop_grad=False, autocast=autocast)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
         opt.step()
-        pool.z, pool.h = z, h.detach().float()
+        buffer.z, buffer.h = z, h.detach().float()
 
     step()  # warm-up
     sync(device)
@@ -78,7 +83,6 @@ def bench_sampler(model, puzzles, tau, device):
     sync(device)
     wall = time.perf_counter() - t
     passes = int(nfe.max())                   # batched passes (the batch runs until its last board)
-    from model import encode
     z = encode(puzzles).to(device)
     h = torch.zeros(len(z), 81, model.cfg.n_embd, device=device)
     with torch.no_grad():
@@ -93,25 +97,100 @@ def bench_sampler(model, puzzles, tau, device):
                 forward_s=fwd, overhead=wall / (passes * fwd))
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--sizes", default="cpu,paper")
-    p.add_argument("--batch", default="cpu:64,paper:64", help="boards per step for each size")
-    p.add_argument("--K", type=int, default=2)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--ckpt", default=None, help="sampler benchmark on this checkpoint "
-                   "(default: newest out/*/ckpt.pt, else a random cpu-size model)")
-    p.add_argument("--sample-n", type=int, default=256)
-    p.add_argument("--device", default="auto")
-    args = p.parse_args()
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
-                          if args.device == "auto" else args.device)
-    torch.manual_seed(0)
+# -----------------------------------------------------------------------------
+# the LLM: peak memory of one training micro-step, cached vs uncached decoding
+
+def llm_peak_memory(model, data, seq_len, batch_size, K, tau, grad_ckpt, device,
+                    methods=("sft", "relay")):
+    """One training micro-step per method, each in a fresh process; the peak memory of each
+    above the loaded model and data (CUDA peak allocation on a GPU; on a CPU the peak resident
+    set, VmHWM, reset just before the step). Returns {method: GiB}."""
+    settings = dict(model=model, data=data, seq_len=seq_len, batch_size=batch_size, K=K, tau=tau,
+                    grad_ckpt=grad_ckpt, device=device)
+    out = {}
+    for method in methods:
+        with multiprocessing.get_context("spawn").Pool(1) as workers:
+            out[method] = workers.apply(_llm_micro_step_memory, (settings, method))
+    return out
+
+
+def _llm_micro_step_memory(s, method):
+    import train_llm
+    from llm import load_relay_lm
+    device = torch.device(s["device"])
+    lm, tok, _ = load_relay_lm(s["model"], patch=method.startswith("relay"), device=device,
+                               dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+    if s["grad_ckpt"]:
+        lm.qwen.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lm.train()
+    ids, resp, _ = train_llm.load_examples(s["data"], tok, s["seq_len"], lm.block_size)
+    rng = np.random.default_rng(0)
+    stream = train_llm.ExampleStream(ids, resp, rng)
+    buffer = train_llm.StreamingBuffer(s["batch_size"], s["seq_len"], lm.qwen.config.hidden_size,
+                                       lm.mask_id, device)
+    buffer.refill(stream)
+    x0, r = (t.to(device) for t in stream.next(s["batch_size"]))
+    autocast = autocast_for(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _rss_reset()
+    if method == "sft":
+        loss = train_llm.sft_loss(lm, x0, r, rng, autocast)
+    else:
+        loss = train_llm.rollout_loss(lm, buffer, slice(0, s["batch_size"]), s["K"], s["tau"],
+                                      use_relay=method.startswith("relay"),
+                                      stop_grad=method == "relay_sg", autocast=autocast)[0]
+    loss.backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2 ** 30
+    return (_proc_status("VmHWM") - base) / 2 ** 30
+
+
+def _rss_reset():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")                 # resets VmHWM to the current RSS (Linux >= 4.0)
+    return _proc_status("VmRSS")
+
+
+def _proc_status(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {key}")
+
+
+def llm_decode_speed(lm, tok, prompt_tokens, new_tokens, use_relay=True):
+    """Cached vs uncached (recompute the prefix every pass) decoding of one prompt made of the
+    fixture's responses repeated to `prompt_tokens`: wall time of each and whether the tokens
+    agree."""
+    from llm import FIXTURE, THRESHOLD
+    from sample_llm import generate
+    text = " ".join(json.loads(line)["response"] for line in open(FIXTURE) if line.strip())
+    ids = tok(text, add_special_tokens=False).input_ids
+    prompt = (ids * (prompt_tokens // len(ids) + 1))[:prompt_tokens]
+    times, outs = {}, {}
+    for cached in (True, False):
+        t = time.time()
+        outs[cached], _ = generate(lm, [prompt], new_tokens, THRESHOLD, use_cache=cached,
+                                   use_relay=use_relay)
+        times[cached] = time.time() - t
+    return dict(prompt_tokens=len(prompt), new_tokens=new_tokens, cached_s=times[True],
+                uncached_s=times[False], speedup=times[False] / times[True],
+                identical_tokens=outs[True] == outs[False])
+
+
+# -----------------------------------------------------------------------------
+
+def bench_sudoku(args, device):
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     peak = matmul_peak(device)
     print(f"fp32 matmul peak (2048^3): {peak / 1e9:.1f} GFLOP/s")
-    q, a = load_boards("builtin", "train", n_train=6000, n_val=500, n_test=1000, clues="30-40",
-                       seed=0)
+    q, a = load_boards("builtin", "train")
     batches = dict(kv.split(":") for kv in args.batch.split(","))
     for size in args.sizes.split(","):
         r, _ = bench_train(size, int(batches.get(size, 64)), args.K, args.steps, device, q, a)
@@ -125,13 +204,62 @@ def main():
         what = "trained checkpoint"
     except Exception:
         model, what = build_model(dict(SIZES["cpu"], tied=True, relay=True)).to(device), "random model"
-    tq, _ = load_boards("builtin", "test", limit=args.sample_n, n_train=6000, n_val=500,
-                        n_test=1000, clues="30-40", seed=0)
+    tq, _ = load_boards("builtin", "test", limit=args.sample_n)
     s = bench_sampler(model, tq, 0.15, device)
     print(f"sampler ({what}, {s['n']} puzzles, tau {s['tau']}): mean NFE {s['mean_nfe']:.2f}, "
           f"{s['passes']} batched passes in {s['wall_s']:.3f} s; one full-batch forward "
           f"{1000 * s['forward_s']:.1f} ms -> overhead {s['overhead']:.2f}")
 
 
+def bench_llm(args, device):
+    from llm import FIXTURE, THRESHOLD
+    from sample_llm import load_for_decoding
+    mem = llm_peak_memory(args.llm_model, args.llm_data or FIXTURE, args.llm_seq_len,
+                          args.llm_batch_size, args.K, THRESHOLD, args.llm_grad_ckpt, str(device),
+                          methods=("sft", "relay_sg", "relay"))
+    what = "CUDA peak allocation" if device.type == "cuda" else "CPU peak RSS (VmHWM)"
+    print(f"LLM one micro-step ({args.llm_batch_size} x {args.llm_seq_len} tokens, {what} above "
+          f"the loaded model and data): " + " | ".join(f"{m} {v:.3f} GiB" for m, v in mem.items())
+          + f" | relay/sft {mem['relay'] / max(mem['sft'], 1e-12):.3f}")
+    lm, tok = load_for_decoding(args.llm_model, str(device))
+    for use_relay in (True, False):
+        r = llm_decode_speed(lm, tok, args.decode_prompt_tokens, args.decode_new_tokens, use_relay)
+        print(f"LLM decoding ({'relay' if use_relay else 'no relay'}), prompt {r['prompt_tokens']} "
+              f"tokens, {r['new_tokens']} new: cached {r['cached_s']:.2f} s, uncached "
+              f"{r['uncached_s']:.2f} s -> {r['speedup']:.1f}x, identical tokens: "
+              f"{r['identical_tokens']}")
+    return mem
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    g = p.add_argument_group("Sudoku")
+    g.add_argument("--skip-sudoku", action="store_true", help="only the LLM figures")
+    g.add_argument("--sizes", default="cpu,paper", help="model sizes to time, comma-separated")
+    g.add_argument("--batch", default="cpu:64,paper:64", help="boards per step for each size")
+    g.add_argument("--K", type=int, default=2, help="rollout steps per update")
+    g.add_argument("--steps", type=int, default=5, help="timed training steps per size")
+    g.add_argument("--ckpt", default=None, help="sampler benchmark on this checkpoint "
+                   "(default: newest out/*/ckpt.pt, else a random cpu-size model)")
+    g.add_argument("--sample-n", type=int, default=256, help="puzzles for the sampler benchmark")
+    g = p.add_argument_group("LLM (with --llm-model)")
+    g.add_argument("--llm-model", default=None, help="checkpoint directory for the LLM figures")
+    g.add_argument("--llm-data", default=None, help="jsonl rows (default: the repo's fixture)")
+    g.add_argument("--llm-seq-len", type=int, default=256, help="tokens per training row")
+    g.add_argument("--llm-batch-size", type=int, default=2, help="rows per micro-step")
+    g.add_argument("--llm-grad-ckpt", type=int, default=0, help="gradient checkpointing 1/0")
+    g.add_argument("--decode-prompt-tokens", type=int, default=1024, help="prompt length")
+    g.add_argument("--decode-new-tokens", type=int, default=64, help="tokens to decode")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    args = p.parse_args(argv)
+    device = torch.device(resolve_device(args.device))
+    torch.manual_seed(0)
+    if not args.skip_sudoku:
+        bench_sudoku(args, device)
+    if args.llm_model:
+        return bench_llm(args, device)
+    return None
+
+
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -19,6 +19,8 @@ import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
+from common import UserError
+
 TASKS = ("humaneval", "humaneval_plus", "mbpp", "mbpp_plus")
 INSTRUCTION = ("Please provide a self-contained Python script that solves the following problem "
                "in a markdown code block:")
@@ -27,8 +29,8 @@ RESPONSE_PREFIX = ("Below is a Python script with a self-contained function that
 MBPP_TEST_IDS = range(11, 511)   # the 500-problem test split
 
 
-class EvalError(ValueError):
-    pass
+class EvalError(UserError):
+    """A bad benchmark file or task name: one line naming the file, line and problem."""
 
 
 # -----------------------------------------------------------------------------

@@ -7,8 +7,16 @@ Both produce, for every position j, the hidden state that predicts token j (the 
 AR-initialised: position j-1 predicts token j, "token shift"), and that shifted state is also
 the relay state h fed back at position j on the next pass. At a block's first position j0 the
 state comes from the clean previous block (x_0 half in training, the cache-writing pass in
-decoding), so training and decoding see the same numbers (tests/test_llm.py checks it).
+decoding), so training and decoding see the same numbers (tests/test_llm_decode.py checks it).
+
+Names for the hidden states: `hidden` (B, T, C) is the stack's output at each position (what
+position j computes); `hs` is it shifted by one, hs[:, j] predicts token j (section 7's token
+shift); `h` is the relay state a pass receives, the previous pass's `hs`.
+
+    python llm.py --init-tiny DIR      # a tiny random checkpoint in this layout (tests, CPU runs)
 """
+import argparse
+import contextlib
 import inspect
 import json
 import os
@@ -16,12 +24,16 @@ import os
 import torch
 import torch.nn as nn
 
+from common import UserError, atomic, atomic_write, run_main
 from relay import Relay, relay_embed
 
 MASK_TOKEN = "|<MASK>|"        # id 151665 in Fast-dLLM v2's tokenizer
 STOP_TOKEN = "<|im_end|>"      # id 151645
 PAD_TOKEN = "<|endoftext|>"    # id 151643
 BLOCK_SIZE = 32                # bd_size
+THRESHOLD = 0.85               # the paper's reveal threshold, in training and in decoding
+FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests", "fixtures",
+                       "llm_mix.jsonl")   # a few {prompt, response} rows shipped with the repo
 RELAY_FILE = "relay.safetensors"
 QWEN2_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
               "num_attention_heads", "num_key_value_heads", "max_position_embeddings",
@@ -29,8 +41,8 @@ QWEN2_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_laye
               "attention_dropout", "initializer_range", "bos_token_id", "eos_token_id")
 
 
-class LLMError(ValueError):
-    """Bad input for the LLM scripts: one line naming what is wrong."""
+class LLMError(UserError):
+    """Bad input for the LLM scripts (a checkpoint or data file): one line naming what is wrong."""
 
 
 def _cache_kw():
@@ -59,18 +71,18 @@ class RelayLM(nn.Module):
         return out.index_fill(-1, torch.tensor([self.mask_id], device=out.device), float("-inf"))
 
     def forward(self, x_t, x0, h=None, relay_where=None, stop_grad=False):
-        """Training forward over [x_t || x_0], both halves at positions 0..L-1 (SPEC 7).
-        x_t, x0: (B, L) ids; h: (B, L, C) shifted relay state from the previous forward, added
-        (through R) at relay_where (B, L). Returns hs (B, L, C): hs[:, j] predicts token j (from
+        """Training forward over [x_t || x_0], both halves at positions 0..T-1 (SPEC 7).
+        x_t, x0: (B, T) ids; h: (B, T, C) shifted relay state from the previous forward, added
+        (through R) at relay_where (B, T). Returns hs (B, T, C): hs[:, j] predicts token j (from
         x_t position j-1 inside a block, from x_0 position j-1 at a block's first position);
         hs[:, 0] is zero (position 0 is never predicted)."""
-        B, L = x_t.shape
+        B, T = x_t.shape
         emb_t = self.embed(x_t, h, relay_where, stop_grad)
         emb_0 = self.embed(x0)
-        pos = torch.arange(L, device=x_t.device)
-        mask = training_mask(L, self.block_size, x_t.device)[None, None]
+        pos = torch.arange(T, device=x_t.device)
+        mask = training_mask(T, self.block_size, x_t.device)[None, None]
         hidden = self.run(torch.cat([emb_t, emb_0], 1), mask, torch.cat([pos, pos])[None].expand(B, -1))
-        return shift_states(hidden[:, :L], hidden[:, L:], self.block_size)
+        return shift_states(hidden[:, :T], hidden[:, T:], self.block_size)
 
     def run(self, embeds, mask, position_ids, cache=None):
         """The Qwen2 stack on given input embeddings with our own boolean attention mask
@@ -89,10 +101,10 @@ class RelayLM(nn.Module):
 # -----------------------------------------------------------------------------
 # attention masks
 
-def training_mask(L, block_size, device=None):
+def training_mask(T, block_size, device=None):
     """(2L, 2L) bool for [x_t || x_0] (SPEC 7): x_t block b sees x_t block b and x_0 blocks < b;
     x_0 block b sees x_0 blocks <= b; x_0 never sees x_t."""
-    blk = torch.arange(L, device=device) // block_size
+    blk = torch.arange(T, device=device) // block_size
     same = blk[:, None] == blk[None, :]
     before = blk[:, None] > blk[None, :]
     upto = blk[:, None] >= blk[None, :]
@@ -103,12 +115,12 @@ def training_mask(L, block_size, device=None):
 
 def shift_states(h_t, h_0_prev, block_size):
     """hs[:, j] = h_t[:, j-1] inside a block; at block starts j0 > 0, h_0_prev[:, j0-1] (the
-    clean previous block). h_0_prev may be the full clean hidden (B, L, C) or, in decoding,
+    clean previous block). h_0_prev may be the full clean hidden (B, T, C) or, in decoding,
     just (B, 1, C) for the single block start."""
-    B, L, C = h_t.shape
+    B, T, C = h_t.shape
     hs = torch.cat([h_t.new_zeros(B, 1, C), h_t[:, :-1]], dim=1)
-    if h_0_prev.shape[1] == L:
-        starts = torch.arange(block_size, L, block_size, device=h_t.device)
+    if h_0_prev.shape[1] == T:
+        starts = torch.arange(block_size, T, block_size, device=h_t.device)
         hs = hs.clone()
         hs[:, starts] = h_0_prev[:, starts - 1]
     else:
@@ -153,10 +165,25 @@ def load_relay_lm(path, dtype=torch.float32, patch=False, device="cpu"):
     """Load a Fast-dLLM v2 checkpoint (or one this repo saved) into Qwen2ForCausalLM by weight
     name. The relay comes from relay.safetensors when present; patch=True adds a zero-initialised
     one when absent (the patched model then equals the base model exactly)."""
+    with _quiet_transformers():   # it warns that Fast_dLLM_Qwen is not qwen2: we know
+        return _load_relay_lm(path, dtype, patch, device)
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers' warnings off for the duration, then back to what they were."""
+    from transformers.utils import logging as hf_logging
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(before)
+
+
+def _load_relay_lm(path, dtype, patch, device):
     from safetensors.torch import load_file
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-    from transformers.utils import logging as hf_logging
-    hf_logging.set_verbosity_error()   # it warns that Fast_dLLM_Qwen is not qwen2: we know
     path = resolve_model_path(path)
     raw = load_config(path)
     cfg = Qwen2Config(**{k: raw[k] for k in QWEN2_KEYS if k in raw})
@@ -209,19 +236,13 @@ def save_relay_lm(lm, tok, raw_config, out_dir):
     sd = {k: v.detach().contiguous().cpu() for k, v in lm.qwen.state_dict().items()}
     if lm.qwen.config.tie_word_embeddings:
         sd.pop("lm_head.weight", None)
-    _atomic(lambda p: save_file(sd, p), os.path.join(out_dir, "model.safetensors"))
+    atomic(lambda p: save_file(sd, p), os.path.join(out_dir, "model.safetensors"))
     if lm.relay is not None:
         rsd = {k: v.detach().contiguous().cpu() for k, v in lm.relay.state_dict().items()}
-        _atomic(lambda p: save_file(rsd, p), os.path.join(out_dir, RELAY_FILE))
+        atomic(lambda p: save_file(rsd, p), os.path.join(out_dir, RELAY_FILE))
     cfg = dict(raw_config, relay=lm.relay is not None)
-    _atomic(lambda p: open(p, "w").write(json.dumps(cfg, indent=1)), os.path.join(out_dir, "config.json"))
+    atomic_write(os.path.join(out_dir, "config.json"), json.dumps(cfg, indent=1))
     tok.save_pretrained(out_dir)
-
-
-def _atomic(write, path):
-    tmp = path + ".tmp"
-    write(tmp)
-    os.replace(tmp, path)
 
 
 # -----------------------------------------------------------------------------
@@ -260,3 +281,25 @@ def init_tiny(out_dir, corpus, seed=0, vocab_size=384):
     lm = RelayLM(qwen, None, *(tok.convert_tokens_to_ids(t) for t in (MASK_TOKEN, PAD_TOKEN, STOP_TOKEN)))
     save_relay_lm(lm, tok, raw, out_dir)
     return out_dir
+
+
+def fixture_corpus(path=FIXTURE, repeat=20):
+    """The fixture's prompts and responses as tokenizer-training text."""
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    return [r["prompt"] + " " + r["response"] for r in rows] * repeat
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--init-tiny", required=True, metavar="DIR",
+                   help="write a tiny random Fast-dLLM v2-layout checkpoint (tokenizer trained on "
+                        "the repository's fixture) to DIR")
+    p.add_argument("--seed", type=int, default=1, help="torch seed of the random weights")
+    args = p.parse_args(argv)
+    init_tiny(args.init_tiny, fixture_corpus(), seed=args.seed)
+    print(f"wrote a tiny random Fast-dLLM v2-layout checkpoint to {args.init_tiny}")
+    return args.init_tiny
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -20,8 +20,12 @@ import torch
 
 from model import MASK_ID, build_model, encode, decode_ids
 from relay import unmask_budget
+from common import UsageError, atomic_write, autocast_for, resolve_device, run_main, save_figure
 from data.sudoku import DataError, cohort_labels, legal, load_boards, to_string
 
+# train_sudoku.py's flag for each builtin_splits argument (saved in every checkpoint's args)
+BUILTIN_ARGS = dict(n_train="n_train", n_val="n_val", n_test="n_test", clues="clues",
+                    seed="data_seed")
 MAX_PASSES = 64           # SPEC 5: at most 64 passes, then one final pass fills what is left
 SWEEP_TAUS = (0.05, 0.10, 0.15, 0.20, 0.25)
 
@@ -162,9 +166,7 @@ def write_sweep_outputs(rows, out_prefix, title):
     atomic_write(out_prefix + ".md", md)
     import matplotlib.pyplot as plt
     fig = sweep_figure(rows, title)
-    tmp = out_prefix + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, out_prefix + ".png")
+    save_figure(fig, out_prefix + ".png")
     plt.close(fig)
     return md
 
@@ -216,13 +218,6 @@ def run_names(paths):
     return names
 
 
-def atomic_write(path, text):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--ckpt", nargs="+", default=None,
@@ -246,8 +241,8 @@ def main(argv=None):
     taus = SWEEP_TAUS if args.sweep else (args.tau,)
     for t in taus:
         if not 0.0 <= t <= 1.0:
-            raise DataError(f"--tau {t}: must lie in [0, 1]")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+            raise UsageError(f"--tau {t}: must lie in [0, 1]")
+    device = resolve_device(args.device)
     paths = args.ckpt or [find_latest_checkpoint()]
     rows = []
     for ckpt_path, name in zip(paths, run_names(paths)):
@@ -270,11 +265,10 @@ def evaluate_checkpoint(ckpt_path, taus, args, device, name):
     label = (f"{targs.get('method', '?')} ({'tied' if targs.get('tied', True) else 'untied'})"
              f"{'' if args.relay else ', h = 0'} {name} @{ckpt.get('step')}")
     data = args.data or targs.get("data", "builtin")
-    builtin = dict(n_train=targs.get("n_train", 6000), n_val=targs.get("n_val", 500),
-                   n_test=targs.get("n_test", 1000), clues=targs.get("clues", "30-40"),
-                   seed=targs.get("data_seed", 0), verbose=not args.json)
+    builtin = {k: targs[a] for k, a in BUILTIN_ARGS.items() if a in targs}
+    builtin["verbose"] = not args.json
     puzzles, solutions = load_boards(data, "test", limit=args.limit, **builtin)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else None
+    autocast = autocast_for(device)
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     log(f"{ckpt_path}: {label} ({'raw' if args.raw else 'EMA'} weights), {len(puzzles)} puzzles "
         f"from {data}")
@@ -315,8 +309,4 @@ def evaluate_checkpoint(ckpt_path, taus, args, device, name):
     return rows
 
 if __name__ == "__main__":
-    try:
-        main()
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)

@@ -32,7 +32,8 @@ import torch
 
 import train_sudoku
 from data.sudoku import DataError, load_boards
-from sample import SWEEP_TAUS, atomic_write
+from common import atomic_write
+from sample import SWEEP_TAUS
 
 HERE = os.path.dirname(os.path.abspath(__file__))   # train_sudoku.py and sample.py sit beside us
 METHODS = ("mlm", "rollout", "relay_sg", "relay")

@@ -7,12 +7,13 @@ Boards are numpy uint8 arrays of shape (N, 81), row-major, digits 1-9 and 0 for 
 The model's token ids (digit - 1, MASK_ID for a blank) are made in train_sudoku.py / sample.py.
 """
 import csv
-import hashlib
 import os
 import random
 from multiprocessing import Pool
 
 import numpy as np
+
+from common import UserError
 
 CACHE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cache")
 HF_REPO = "sapientinc/sudoku-extreme"
@@ -26,8 +27,12 @@ UNITS = ([[r * 9 + c for c in range(9)] for r in range(9)] +
          [[i for i in range(81) if BOX[i] == b] for b in range(9)])
 
 
-class DataError(ValueError):
-    """Bad input: the message names the file, the line and the reason (one line, no traceback)."""
+# the generated data set every script uses unless told otherwise: split sizes, clue range, seed
+BUILTIN = dict(n_train=6000, n_val=500, n_test=1000, clues="30-40", seed=0)
+
+
+class DataError(UserError):
+    """Bad Sudoku input: the message names the file, the line and the reason (one line)."""
 
 
 # -----------------------------------------------------------------------------
@@ -172,7 +177,7 @@ def parse_clues(spec):
     return lo, hi
 
 
-def builtin_splits(n_train, n_val, n_test, clues="30-40", singles=None, seed=0, workers=None,
+def builtin_splits(n_train, n_val, n_test, clues, singles=None, seed=0, workers=None,
                    verbose=True):
     """Generated train/val/test splits, disjoint (no puzzle string in two splits), cached on disk
     under data/cache/ keyed by every argument, so a given seed always gives the same puzzles.
@@ -231,10 +236,11 @@ def read_csv(path, limit=None, skip=0):
     """Read and validate a Sudoku-Extreme CSV (rows `skip` .. `skip + limit` in file order).
     Blanks are '.' or '0'. An empty answer is filled by the exact solver (an error if the clues
     have no or several solutions). Every problem raises DataError naming the file, the line and
-    the reason. Returns (puzzles, solutions, rating) as numpy arrays."""
+    the reason. Returns (puzzles, solutions) as uint8 (N, 81) arrays; the rating column, if
+    any, is not read."""
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file")
-    qs, as_, ratings, lines = [], [], [], []
+    qs, as_, lines = [], [], []
     with open(path, newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
@@ -242,7 +248,6 @@ def read_csv(path, limit=None, skip=0):
             raise DataError(f"{path}:1: expected a header with 'question' and 'answer' columns "
                             f"(source,question,answer,rating), got {header}")
         iq, ia = header.index("question"), header.index("answer")
-        ir = header.index("rating") if "rating" in header else None
         n = 0
         for row in reader:
             if not row:
@@ -262,7 +267,6 @@ def read_csv(path, limit=None, skip=0):
             qs.append(q)
             as_.append(a)
             lines.append(line)
-            ratings.append(_parse_rating(path, line, row[ir]) if ir is not None else 0)
     if not qs:
         raise DataError(f"{path}: no puzzles")
     # all rows are 81 characters of known digits now: convert and check the rules vectorised
@@ -278,7 +282,7 @@ def read_csv(path, limit=None, skip=0):
         n = int(np.argmin(ok))
         raise DataError(f"{path}:{lines[n]}: answer breaks a Sudoku rule (a digit repeats in a "
                         f"row, column or box)")
-    return q.copy(), a.copy(), np.array(ratings, dtype=np.int64)
+    return q.copy(), a.copy()
 
 
 def _check_chars(where, question, answer):
@@ -306,13 +310,6 @@ def _unique_solution(where, question):
     return "".join(map(str, sol))
 
 
-def _parse_rating(path, line, s):
-    try:
-        return int(float(s)) if s.strip() else 0
-    except ValueError:
-        raise DataError(f"{path}:{line}: rating {s!r} is not a number") from None
-
-
 def download_extreme(split, cache_dir=None):
     """Path of Sudoku-Extreme's `split`.csv ('train' or 'test'), fetched from the Hugging Face
     hub into its cache on first use (needs network access; a local CSV path works offline)."""
@@ -330,12 +327,12 @@ def download_extreme(split, cache_dir=None):
 
 def load_boards(spec, split, limit=None, **builtin_kwargs):
     """One entry point for every --data value. 'builtin': the generated split (builtin_kwargs go
-    to builtin_splits); 'extreme': Sudoku-Extreme from the hub, where 'test' is the first rows of
+    to builtin_splits, BUILTIN fills what they leave out); 'extreme': Sudoku-Extreme from the hub, where 'test' is the first rows of
     test.csv in file order (the authors' first 2,000, SPEC 6) and 'val' the 2,000 rows after
     them; any other value: a local CSV path, used whole for every split.
     Returns (puzzles, solutions) as uint8 (N, 81) arrays."""
     if spec == "builtin":
-        q, a = builtin_splits(**builtin_kwargs)[split]
+        q, a = builtin_splits(**{**BUILTIN, **builtin_kwargs})[split]
         return (q[:limit], a[:limit]) if limit else (q, a)
     if spec == "extreme":
         path = download_extreme("train" if split == "train" else "test")
@@ -343,8 +340,7 @@ def load_boards(spec, split, limit=None, **builtin_kwargs):
         limit = limit or (2000 if split != "train" else None)
     else:
         path, skip = spec, 0
-    q, a, _ = read_csv(path, limit=limit, skip=skip)
-    return q, a
+    return read_csv(path, limit=limit, skip=skip)
 
 
 # -----------------------------------------------------------------------------
@@ -386,12 +382,20 @@ def cohort_labels(puzzles):
     package (optional); None if it is not installed. deduction_only = solved without
     "Brute Force" and with at least one Advanced or Master strategy."""
     try:
-        import logging
-        logging.disable(logging.INFO)  # the package logs every step at INFO
         from sudoku_solver_tim import Puzzle
         from sudoku_solver_tim.strategies import STRATEGIES
     except ImportError:
         return None
+    import logging
+    before = logging.root.manager.disable
+    logging.disable(logging.INFO)  # the package logs every step at INFO; restored below
+    try:
+        return _cohorts(puzzles, Puzzle, STRATEGIES)
+    finally:
+        logging.disable(before)
+
+
+def _cohorts(puzzles, Puzzle, STRATEGIES):
     nbf, ded = [], []
     for p in puzzles:
         grid = [[int(p[r * 9 + c]) for c in range(9)] for r in range(9)]
@@ -411,11 +415,6 @@ def cohort_labels(puzzles):
         nbf.append(no_bf)
         ded.append(no_bf and bool(used & ADVANCED))
     return {"no_brute_force": np.array(nbf), "deduction_only": np.array(ded)}
-
-
-def board_id(board):
-    """Short stable id of a board (for logs and result files)."""
-    return hashlib.sha1(bytes(np.asarray(board, dtype=np.uint8))).hexdigest()[:10]
 
 
 def to_string(board):

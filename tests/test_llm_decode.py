@@ -8,10 +8,10 @@ import sys
 import pytest
 import torch
 
-import code_eval as E
+import code_eval
 import llm
-import sample_llm as SL
-import train_llm as TL
+import sample_llm
+import train_llm
 from conftest import ROOT, SHARED
 
 CODE_DIR = os.path.join(SHARED, "data", "code_eval")
@@ -21,7 +21,7 @@ CODE_DIR = os.path.join(SHARED, "data", "code_eval")
 def relay_dir(tmp_path_factory):
     """A tiny checkpoint patched with a non-trivial relay, so the relay really acts."""
     d = tmp_path_factory.mktemp("tiny")
-    TL.main(["--init-tiny", str(d)])
+    llm.main(["--init-tiny", str(d)])
     lm, tok, raw = llm.load_relay_lm(str(d), patch=True)
     torch.manual_seed(0)
     with torch.no_grad():
@@ -46,8 +46,8 @@ def prompts(tok, lengths):
 def test_cached_equals_uncached(model):
     lm, tok = model
     ps = prompts(tok, [5, 32, 45, 70])
-    cached, n1 = SL.generate(lm, ps, max_new_tokens=40)
-    uncached, n2 = SL.generate(lm, ps, max_new_tokens=40, use_cache=False)
+    cached, n1 = sample_llm.generate(lm, ps, max_new_tokens=40)
+    uncached, n2 = sample_llm.generate(lm, ps, max_new_tokens=40, use_cache=False)
     assert cached == uncached and (n1 == n2).all()
     assert all(len(c) > 0 for c in cached)
 
@@ -55,9 +55,9 @@ def test_cached_equals_uncached(model):
 def test_batched_nfe_equals_alone(model):
     lm, tok = model
     ps = prompts(tok, [3, 40, 64, 20])
-    batch, nfe = SL.generate(lm, ps, max_new_tokens=40)
+    batch, nfe = sample_llm.generate(lm, ps, max_new_tokens=40)
     for i, p in enumerate(ps):
-        alone, n = SL.generate(lm, [p], max_new_tokens=40)
+        alone, n = sample_llm.generate(lm, [p], max_new_tokens=40)
         assert alone[0] == batch[i] and n[0] == nfe[i], i
     assert len(set(nfe.tolist())) > 1      # different rows really took different passes
     assert (nfe >= 40 // 8).all()          # at least one pass per 8-token sub-block
@@ -82,27 +82,27 @@ def test_decoding_relay_step_equals_training_relay_step(model):
     # decoding: prefill the clean blocks 0..1, then one pass over block 2 carrying h
     valid = torch.ones(2, L, dtype=torch.bool)
     pos = torch.arange(L)[None].expand(2, -1)
-    cache = SL._new_cache(lm)
-    pre = lm.run(lm.embed(x0[:, :64]), SL.block_mask(valid, 0, 64, 64, bs), pos[:, :64], cache)
+    cache = sample_llm._new_cache(lm)
+    pre = lm.run(lm.embed(x0[:, :64]), sample_llm.block_mask(valid, 0, 64, 64, bs), pos[:, :64], cache)
     emb = lm.embed(z[:, blk], h[:, blk], where[:, blk])
-    hid = SL._block_pass(lm, emb, x0, valid, pos, 64, 96, cache, write=False)
+    hid = sample_llm._block_pass(lm, emb, x0, valid, pos, 64, 96, cache, write=False)
     hs_dec = llm.shift_states(hid, pre[:, -1:], bs)
     assert torch.allclose(hs_dec, hs_train[:, blk], atol=1e-9)
     assert cache.get_seq_length() == 64                   # the pass did not write the cache
     # and the relay matters here: without h the states differ
-    hid0 = SL._block_pass(lm, lm.embed(z[:, blk]), x0, valid, pos, 64, 96, cache, write=False)
+    hid0 = sample_llm._block_pass(lm, lm.embed(z[:, blk]), x0, valid, pos, 64, 96, cache, write=False)
     assert not torch.allclose(llm.shift_states(hid0, pre[:, -1:], bs), hs_train[:, blk])
 
 
 def test_stop_token_ends_an_example(model):
     lm, tok = model
     ps = prompts(tok, [12])
-    free, _ = SL.generate(lm, ps, max_new_tokens=64)
+    free, _ = sample_llm.generate(lm, ps, max_new_tokens=64)
     with torch.no_grad():
         saved = lm.qwen.model.embed_tokens.weight[lm.stop_id].clone()
         lm.qwen.model.embed_tokens.weight[lm.stop_id] *= 50     # stop becomes the argmax (tied head)
     try:
-        stopped, nfe = SL.generate(lm, ps, max_new_tokens=64)
+        stopped, nfe = sample_llm.generate(lm, ps, max_new_tokens=64)
     finally:
         with torch.no_grad():
             lm.qwen.model.embed_tokens.weight[lm.stop_id] = saved
@@ -120,30 +120,30 @@ needs_data = pytest.mark.skipif(not os.path.isdir(CODE_DIR), reason="needs ../sh
 @needs_data
 @pytest.mark.parametrize("task", ["humaneval", "humaneval_plus", "mbpp"])
 def test_every_canonical_solution_passes(task):
-    problems = E.load_tasks(task, data_dir=CODE_DIR)
+    problems = code_eval.load_tasks(task, data_dir=CODE_DIR)
     assert len(problems) == {"humaneval": 164, "humaneval_plus": 164, "mbpp": 500}[task]
-    res = E.evaluate_solutions(problems, [p["canonical"] for p in problems], workers=2)
+    res = code_eval.evaluate_solutions(problems, [p["canonical"] for p in problems], workers=2)
     failed = [r for r in res if not r["base"] or r["plus"] is False]
     assert not failed, failed[:3]
 
 
 @needs_data
 def test_wrong_solutions_fail_and_find_zero_is_scored_by_its_root():
-    problems = {p["task_id"]: p for p in E.load_tasks("humaneval_plus", data_dir=CODE_DIR)}
+    problems = {p["task_id"]: p for p in code_eval.load_tasks("humaneval_plus", data_dir=CODE_DIR)}
     p0 = problems["HumanEval/0"]
     wrong = p0["prompt"] + "    return True\n"
-    r = E.evaluate_solutions([p0], [wrong])[0]
+    r = code_eval.evaluate_solutions([p0], [wrong])[0]
     assert r["base"] is False and r["plus"] is False
     # right on the base tests, wrong on a plus input: base passes, plus fails
     p2 = problems["HumanEval/2"]      # truncate_number: the decimal part of a float
     almost = p2["prompt"] + "    return number % 1.0 if number < 1000 else 0.0\n"   # plus has 2.9e9
-    r = E.evaluate_solutions([p2], [almost])[0]
+    r = code_eval.evaluate_solutions([p2], [almost])[0]
     assert r["base"] is True and r["plus"] is False
     # HumanEval/32 (find_zero): any root is right, a non-root is wrong. evalplus 0.3.1 fails
     # every answer here, the canonical one included (data README); ours must not.
     p32 = problems["HumanEval/32"]
-    assert E.evaluate_solutions([p32], [p32["canonical"]])[0]["plus"] is True
-    r = E.evaluate_solutions([p32], [p32["prompt"] + "    return 0.5\n"])[0]
+    assert code_eval.evaluate_solutions([p32], [p32["canonical"]])[0]["plus"] is True
+    r = code_eval.evaluate_solutions([p32], [p32["prompt"] + "    return 0.5\n"])[0]
     assert r["base"] is False and r["plus"] is False
 
 
@@ -155,31 +155,31 @@ def test_wrong_solutions_fail_and_find_zero_is_scored_by_its_root():
     ("import socket\nsocket.create_connection(('127.0.0.1', 9))\n", "blocked"),
 ])
 def test_sandbox_stops_bad_programs(program, reason):
-    ok, why = E.run_sandboxed(program, timeout=3)
+    ok, why = code_eval.run_sandboxed(program, timeout=3)
     assert not ok and reason in why, why
     assert not os.path.exists("/tmp/relay_sandbox_escape.txt")
 
 
 def test_sandbox_allows_writing_inside_its_directory():
-    ok, why = E.run_sandboxed("open('out.txt', 'w').write('x')\nassert open('out.txt').read() == 'x'\n")
+    ok, why = code_eval.run_sandboxed("open('out.txt', 'w').write('x')\nassert open('out.txt').read() == 'x'\n")
     assert ok, why
 
 
 # -----------------------------------------------------------------------------
 # the command line
 
-def run_cli(*args, env=None):
-    return subprocess.run([sys.executable, "sample_llm.py", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600, env=env)
+def run_cli(script, *args):
+    return subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
 
 
 def test_eval_cli_on_a_trained_checkpoint(tmp_path):
     tiny = tmp_path / "tiny"
-    TL.main(["--init-tiny", str(tiny)])
-    TL.main(["--model", str(tiny), "--method", "relay", "--max-iters", "2", "--out-dir",
+    llm.main(["--init-tiny", str(tiny)])
+    train_llm.main(["--model", str(tiny), "--method", "relay", "--max-iters", "2", "--out-dir",
              str(tmp_path / "R"), "--no-progress"])
     ckpt = str(tmp_path / "R" / "ckpt")
-    r = run_cli("--model", ckpt, "--eval", "humaneval", "--limit", "3", "--json",
+    r = run_cli("eval_llm.py", "--model", ckpt, "--task", "humaneval", "--limit", "3", "--json",
                 "--max-new-tokens", "64", "--out", str(tmp_path / "he.jsonl"))
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
@@ -187,7 +187,8 @@ def test_eval_cli_on_a_trained_checkpoint(tmp_path):
     assert {"pass1_plus", "nfe_per_token", "wall_s"} <= set(out)
     rows = [json.loads(l) for l in open(tmp_path / "he.jsonl")]
     assert [r["task_id"] for r in rows] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
-    r = run_cli("--model", ckpt, "--prompt", "Write a function.", "--max-new-tokens", "32", "--json")
+    r = run_cli("sample_llm.py", "--model", ckpt, "--prompt", "Write a function.",
+                "--max-new-tokens", "32", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["nfe"] >= 4
 
 
@@ -199,13 +200,15 @@ def test_cli_bad_inputs(tmp_path, relay_dir):
     for f in ("tokenizer.json", "tokenizer_config.json"):
         os.remove(no_tok / f)
     cases = [
-        (["--model", relay_dir, "--eval", "apps"], "unknown task 'apps'"),
-        (["--model", relay_dir, "--eval", "mbpp", "--eval-file", str(bad)],
+        (["eval_llm.py", "--model", relay_dir, "--task", "mbpp", "--eval-file", str(bad)],
          "bad.jsonl:1: missing field(s) code, test_list"),
-        (["--model", relay_dir, "--prompt", "word " * 3000], "longer than the model's context"),
-        (["--model", str(no_tok), "--prompt", "hi"], "no usable tokenizer"),
+        (["sample_llm.py", "--model", relay_dir, "--prompt", "word " * 3000],
+         "longer than the model's context"),
+        (["sample_llm.py", "--model", str(no_tok), "--prompt", "hi"], "no usable tokenizer"),
     ]
     for args, needle in cases:
         r = run_cli(*args)
         assert r.returncode == 2, (args, r.stderr[-800:])
         assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = run_cli("eval_llm.py", "--model", relay_dir, "--task", "apps")   # a bad flag: argparse
+    assert r.returncode == 2 and "invalid choice: 'apps'" in r.stderr

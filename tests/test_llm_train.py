@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import llm
-import train_llm as TL
+import train_llm
 from conftest import ROOT
 
 FIX = os.path.join(ROOT, "tests", "fixtures")
@@ -19,7 +19,7 @@ FIX = os.path.join(ROOT, "tests", "fixtures")
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny")
-    TL.main(["--init-tiny", str(d)])
+    llm.main(["--init-tiny", str(d)])
     return str(d)
 
 
@@ -79,7 +79,7 @@ def test_complementary_masks_partition_the_response():
     rng = np.random.default_rng(0)
     resp = torch.zeros(3, 64, dtype=torch.bool)
     resp[:, 10:50] = True                              # prompt 0..9, response 10..49, pad after
-    m = TL.sft_masks(resp, 32, rng)
+    m = train_llm.sft_masks(resp, 32, rng)
     a, b = m[:3], m[3:]
     assert not (a & b).any()                           # disjoint ...
     assert torch.equal(a | b, resp)                    # ... and together exactly the response
@@ -88,7 +88,7 @@ def test_complementary_masks_partition_the_response():
     # one rate t per 32-block, not per row: two blocks of a row are masked at unrelated rates
     # (E|t1 - t2| = 1/3 for independent uniforms; a shared t would give binomial noise, ~0.1)
     full = torch.ones(400, 64, dtype=torch.bool)
-    m = TL.sft_masks(full, 32, np.random.default_rng(1))[:400].float()
+    m = train_llm.sft_masks(full, 32, np.random.default_rng(1))[:400].float()
     gap = (m[:, :32].mean(1) - m[:, 32:].mean(1)).abs().mean().item()
     assert 0.25 < gap < 0.42
 
@@ -122,8 +122,8 @@ def test_pool_refills_finished_rows_with_zero_state():
     ids = torch.arange(40).view(2, 20) + 5
     resp = torch.zeros(2, 20, dtype=torch.bool)
     resp[:, 8:] = True
-    stream = TL.ExampleStream(ids, resp, np.random.default_rng(0))
-    pool = TL.Pool(3, 20, 4, mask_id=1, device="cpu")
+    stream = train_llm.ExampleStream(ids, resp, np.random.default_rng(0))
+    pool = train_llm.StreamingBuffer(3, 20, 4, mask_id=1, device="cpu")
     assert pool.refill(stream) == 3
     assert ((pool.z == 1) == pool.resp).all()          # fresh rows: every response token masked
     pool.z[0] = pool.x0[0]                              # row 0 finished
@@ -135,7 +135,7 @@ def test_pool_refills_finished_rows_with_zero_state():
 
 
 def train(tiny_dir, out, *extra, method="relay", iters=4):
-    return TL.main(["--model", tiny_dir, "--method", method, "--max-iters", str(iters),
+    return train_llm.main(["--model", tiny_dir, "--method", method, "--max-iters", str(iters),
                     "--out-dir", str(out), "--no-progress", "--ckpt-interval", "2", *extra])
 
 
@@ -209,10 +209,11 @@ def test_bad_inputs_get_one_line_errors(tiny_dir, tmp_path):
         assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
-def test_measure_memory_reports_both(tiny_dir, capsys):
-    out = TL.main(["--model", tiny_dir, "--measure-memory", "--seq-len", "256"])
-    assert out["sft"] > 0 and out["relay"] > 0
-    assert "relay/sft" in capsys.readouterr().out
+def test_bench_measures_llm_memory_per_method(tiny_dir):
+    import bench
+    from llm import FIXTURE
+    out = bench.llm_peak_memory(tiny_dir, FIXTURE, 256, 2, 2, 0.85, False, "cpu")
+    assert set(out) == {"sft", "relay"} and out["sft"] > 0 and out["relay"] > 0
 
 
 def test_prepare_llm_from_local_files(tmp_path):

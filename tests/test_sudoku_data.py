@@ -5,7 +5,7 @@ import random
 import numpy as np
 import pytest
 
-import data.sudoku as S
+from data import sudoku
 from conftest import SHARED
 
 SAMPLE_CSV = os.path.join(SHARED, "data", "sudoku_extreme_format_sample.csv")
@@ -44,11 +44,11 @@ def brute_force_count(board, limit=10):
 def test_generated_puzzles_are_unique_by_independent_count():
     rng = random.Random(123)
     for clues in (36, 40, 45):
-        puzzle, grid = S.generate_puzzle(rng, clues)
+        puzzle, grid = sudoku.generate_puzzle(rng, clues)
         assert sum(1 for d in puzzle if d) == clues
         assert brute_force_count(puzzle) == 1
         assert all(p in (0, g) for p, g in zip(puzzle, grid))
-        assert S.legal(np.array(grid))[0]
+        assert sudoku.legal(np.array(grid))[0]
 
 
 def test_solver_counts_match_tdoku_file():
@@ -57,7 +57,7 @@ def test_solver_counts_match_tdoku_file():
     for puzzle, n, *sol in rows:
         n = int(n)
         q = [0 if ch in ".0" else int(ch) for ch in puzzle]
-        got, first = S.solve(q, limit=2)
+        got, first = sudoku.solve(q, limit=2)
         assert got == min(n, 2), puzzle
         if n == 1:
             assert "".join(map(str, first)) == sol[0]
@@ -65,15 +65,15 @@ def test_solver_counts_match_tdoku_file():
 
 def test_singles_flag():
     rng = random.Random(5)
-    easy, _ = S.generate_puzzle(rng, 36, singles=True)
-    hard, _ = S.generate_puzzle(rng, 26, singles=False)
-    assert S.solvable_by_singles(easy) and not S.solvable_by_singles(hard)
+    easy, _ = sudoku.generate_puzzle(rng, 36, singles=True)
+    hard, _ = sudoku.generate_puzzle(rng, 26, singles=False)
+    assert sudoku.solvable_by_singles(easy) and not sudoku.solvable_by_singles(hard)
 
 
 def test_builtin_splits_cached_disjoint_and_deterministic(tmp_path, monkeypatch):
-    monkeypatch.setattr(S, "CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(sudoku, "CACHE_DIR", str(tmp_path))
     kw = dict(n_train=40, n_val=10, n_test=10, clues="34-38", seed=7, workers=1, verbose=False)
-    a = S.builtin_splits(**kw)
+    a = sudoku.builtin_splits(**kw)
     keys = {s: {bytes(q) for q in a[s][0]} for s in a}
     assert [len(keys[s]) for s in ("train", "val", "test")] == [40, 10, 10]
     assert not (keys["train"] & keys["val"]) and not (keys["train"] & keys["test"])
@@ -81,18 +81,18 @@ def test_builtin_splits_cached_disjoint_and_deterministic(tmp_path, monkeypatch)
     clue_counts = (a["train"][0] > 0).sum(1)
     assert clue_counts.min() >= 34 and clue_counts.max() <= 38
     assert len(list(tmp_path.glob("*.npz"))) == 1
-    b = S.builtin_splits(**kw)     # from the cache
+    b = sudoku.builtin_splits(**kw)     # from the cache
     assert all(np.array_equal(a[s][0], b[s][0]) for s in a)
-    c = S.builtin_splits(**dict(kw, workers=2))   # same puzzles whatever the worker count
+    c = sudoku.builtin_splits(**dict(kw, workers=2))   # same puzzles whatever the worker count
     assert all(np.array_equal(a[s][1], c[s][1]) for s in a)
 
 
 def test_reads_sudoku_extreme_sample():
-    q, a, rating = S.read_csv(SAMPLE_CSV)
+    q, a = sudoku.read_csv(SAMPLE_CSV)
     assert q.shape == a.shape == (300, 81)
     assert ((q == 0) | (q == a)).all()
-    assert S.legal(a).all()
-    q2, a2 = S.load_boards(SAMPLE_CSV, "test", limit=20)
+    assert sudoku.legal(a).all()
+    q2, a2 = sudoku.load_boards(SAMPLE_CSV, "test", limit=20)
     assert np.array_equal(q2, q[:20])
 
 
@@ -106,7 +106,7 @@ def test_hub_path_downloads_then_reads(monkeypatch):
         return SAMPLE_CSV
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    q, a = S.load_boards("extreme", "test", limit=5)
+    q, a = sudoku.load_boards("extreme", "test", limit=5)
     assert calls == [("sapientinc/sudoku-extreme", "test.csv", "dataset")]
     assert q.shape == (5, 81)
 
@@ -132,8 +132,8 @@ GOOD_A = "5346789126721953481983425678597614234268537917139248569615372842874196
 ])
 def test_rejects_bad_rows_naming_file_and_line(tmp_path, question, answer, reason):
     path = write_csv(tmp_path / "bad.csv", [(GOOD_Q, GOOD_A), (question, answer)])
-    with pytest.raises(S.DataError) as e:
-        S.read_csv(path)
+    with pytest.raises(sudoku.DataError) as e:
+        sudoku.read_csv(path)
     msg = str(e.value)
     assert msg.startswith(f"{path}:3:") and reason in msg and "\n" not in msg
 
@@ -146,38 +146,38 @@ def test_rejects_tdoku_puzzles_without_a_unique_solution(tmp_path):
     for puzzles, reason in ((none[:3], "no solution"), (several[:3], "more than one solution")):
         for q in puzzles:
             path = write_csv(tmp_path / "t.csv", [(q, "")])
-            with pytest.raises(S.DataError, match=f"t.csv:2: the clues have {reason}"):
-                S.read_csv(path)
+            with pytest.raises(sudoku.DataError, match=f"t.csv:2: the clues have {reason}"):
+                sudoku.read_csv(path)
     unique = [r for r in rows if r[1] == "1"][0]
-    q, a, _ = S.read_csv(write_csv(tmp_path / "u.csv", [(unique[0], "")]))   # solved and filled
+    q, a = sudoku.read_csv(write_csv(tmp_path / "u.csv", [(unique[0], "")]))   # solved and filled
     assert "".join(map(str, a[0])) == unique[2]
 
 
 def test_missing_file_and_header(tmp_path):
-    with pytest.raises(S.DataError, match="no such file"):
-        S.read_csv(str(tmp_path / "nope.csv"))
+    with pytest.raises(sudoku.DataError, match="no such file"):
+        sudoku.read_csv(str(tmp_path / "nope.csv"))
     p = tmp_path / "h.csv"
     p.write_text("a,b\n1,2\n")
-    with pytest.raises(S.DataError, match=r"h.csv:1: expected a header"):
-        S.read_csv(str(p))
+    with pytest.raises(sudoku.DataError, match=r"h.csv:1: expected a header"):
+        sudoku.read_csv(str(p))
 
 
 def test_augmentation_keeps_puzzles_valid():
-    q, a, _ = S.read_csv(SAMPLE_CSV, limit=8)
+    q, a = sudoku.read_csv(SAMPLE_CSV, limit=8)
     rng = np.random.default_rng(0)
-    qa, aa = S.augment(q, a, rng)
+    qa, aa = sudoku.augment(q, a, rng)
     assert not np.array_equal(qa, q)
-    assert S.legal(aa).all()
+    assert sudoku.legal(aa).all()
     assert ((qa == 0) | (qa == aa)).all()
     assert ((qa > 0).sum(1) == (q > 0).sum(1)).all()        # same number of clues
     # a symmetry maps the unique solution to the unique solution of the new puzzle
-    n, sol = S.solve(qa[0], limit=2)
+    n, sol = sudoku.solve(qa[0], limit=2)
     assert n == 1 and list(sol) == list(aa[0])
 
 
 def test_cohort_labels():
     pytest.importorskip("sudoku_solver_tim")
     rng = random.Random(9)
-    easy, _ = S.generate_puzzle(rng, 40, singles=True)
-    labels = S.cohort_labels(np.array([easy], dtype=np.uint8))
+    easy, _ = sudoku.generate_puzzle(rng, 40, singles=True)
+    labels = sudoku.cohort_labels(np.array([easy], dtype=np.uint8))
     assert labels["no_brute_force"][0] and not labels["deduction_only"][0]
