@@ -6,11 +6,13 @@ go to a temporary name first. The training loops themselves stay written out in 
 import contextlib
 import os
 import sys
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 
 # -----------------------------------------------------------------------------
@@ -43,6 +45,38 @@ def resolve_device(name="auto"):
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
+
+
+def add_run_flags(parser, out_dir_help):
+    """The flags both trainers share, under one header; None means 'the preset's value'."""
+    g = parser.add_argument_group("optimizer, budget, checkpoints, output, device")
+    g.add_argument("--lr", type=float, default=None, help="AdamW peak learning rate (preset)")
+    g.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (preset)")
+    g.add_argument("--grad-clip", type=float, default=None, help="gradient-norm clip (preset)")
+    g.add_argument("--max-iters", type=int, default=None, help="optimizer steps (preset)")
+    g.add_argument("--max-minutes", type=float, default=None,
+                   help="wall-clock budget in minutes, 0 = none (preset)")
+    g.add_argument("--ckpt-interval", type=int, default=None, help="steps between checkpoints")
+    g.add_argument("--log-interval", type=int, default=None, help="steps between log lines")
+    g.add_argument("--out-dir", default=None, help=out_dir_help)
+    g.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint in --out-dir (exact: the same next losses)")
+    g.add_argument("--seed", type=int, default=1, help="torch and numpy seed (+ rank)")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bar")
+    return g
+
+
+def resolve_preset(args, presets):
+    """'auto' device and preset resolved (a GPU gets 'paper', a CPU 'cpu'), then every flag the
+    user left unset (None) filled from the preset."""
+    args.device = resolve_device(args.device)
+    if args.preset == "auto":
+        args.preset = "paper" if args.device.startswith("cuda") else "cpu"
+    for k, v in presets[args.preset].items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
+    return args
 
 
 def autocast_for(device):
@@ -168,8 +202,48 @@ def save_figure(fig, path, dpi=120):
     atomic(lambda tmp: fig.savefig(tmp, dpi=dpi, format=os.path.splitext(path)[1][1:]), path)
 
 
-def log_line(step, max_iters, loss, lr, dt, rate, unit, left_s):
-    """The one fixed-format training log line both trainers print."""
-    left_s = max(0, int(left_s))
-    return (f"step {step}/{max_iters} | loss {loss:.4f} | lr {lr:.2e} | dt {1000 * dt:.0f}ms | "
-            f"{rate:.0f} {unit}/s | eta {left_s // 60}m{left_s % 60:02d}s")
+def set_lr(opt, lr):
+    for group in opt.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+# -----------------------------------------------------------------------------
+# the wall-clock side of a training loop, the same in both trainers
+
+class TrainClock:
+    """The --max-minutes deadline, the tqdm bar, and the fixed-format log line
+    (step/total, loss, lr, dt, items/s, eta) every log_interval steps. Started where the loop
+    starts; `elapsed()` is this invocation's time, which checkpoints add to earlier ones."""
+
+    def __init__(self, args, step, ctx):
+        self.args, self.ctx = args, ctx
+        self.t_start = time.time()
+        self.deadline = (self.t_start + 60 * args.max_minutes if args.max_minutes
+                         else float("inf"))
+        self.bar = tqdm(total=args.max_iters, initial=step, desc=args.method, dynamic_ncols=True,
+                        disable=not (ctx.master and args.progress))
+        self.t_log, self.step_log = self.t_start, step
+
+    def elapsed(self):
+        return time.time() - self.t_start
+
+    def out_of_time(self):
+        return any_rank(time.time() > self.deadline, self.ctx)   # all ranks stop at one step
+
+    def step_done(self, step, losses, lr, items_per_step, unit):
+        """After optimizer step `step`: advance the bar; on a log step print the mean loss since
+        the last log line, the time per step and the items (boards, tokens) per second."""
+        self.bar.update(1)
+        if not (self.ctx.master and step % self.args.log_interval == 0):
+            return
+        n = step - self.step_log
+        dt = (time.time() - self.t_log) / n
+        left = max(0, int(dt * min(self.args.max_iters - step, (self.deadline - time.time()) / dt)))
+        tqdm.write(f"step {step}/{self.args.max_iters} | loss {sum(losses[-n:]) / n:.4f} | "
+                   f"lr {lr:.2e} | dt {1000 * dt:.0f}ms | {items_per_step / dt:.0f} {unit}/s | "
+                   f"eta {left // 60}m{left % 60:02d}s")
+        self.t_log, self.step_log = time.time(), step
+
+    def close(self):
+        self.bar.close()

@@ -32,7 +32,7 @@ import torch
 
 import train_sudoku
 from data.sudoku import DataError, load_boards
-from common import atomic_write
+from common import UsageError, atomic_write, run_main, save_figure
 from sample import SWEEP_TAUS
 
 HERE = os.path.dirname(os.path.abspath(__file__))   # train_sudoku.py and sample.py sit beside us
@@ -505,8 +505,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)

@@ -19,15 +19,14 @@ import json
 import math
 import os
 import shutil
-import time
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (UsageError, atomic_torch_save, autocast_for, any_rank, check_replicas,
-                    close_distributed, gather_objects, init_distributed, log_line, resolve_device,
-                    restore_rng, rng_state, run_main, seeded_rng, wrap_ddp)
+from common import (TrainClock, UsageError, add_run_flags, atomic_torch_save, autocast_for, check_replicas,
+                    close_distributed, gather_objects, init_distributed, resolve_preset,
+                    restore_rng, rng_state, run_main, seeded_rng, set_lr, wrap_ddp)
 from llm import FIXTURE, LLMError, STOP_TOKEN, THRESHOLD, load_relay_lm, save_relay_lm
 from relay import unmask_threshold
 
@@ -36,10 +35,12 @@ from relay import unmask_threshold
 PRESETS = {
     # METHOD.md section 7: lr 5e-6 cosine, 3% warm-up, clip 1.0, bf16, 2 GPUs x batch 2 x
     # accumulation 16 (64 sequences per step), length 2048, 200 steps reported
-    "paper": dict(lr=5e-6, batch_size=2, grad_accum=16, seq_len=2048, max_iters=200,
-                  grad_ckpt=True, ckpt_interval=50, log_interval=1),
-    "cpu": dict(lr=1e-3, batch_size=2, grad_accum=2, seq_len=128, max_iters=20,
-                grad_ckpt=False, ckpt_interval=10, log_interval=1),
+    "paper": dict(lr=5e-6, weight_decay=0.0, grad_clip=1.0, batch_size=2, grad_accum=16,
+                  seq_len=2048, max_iters=200, max_minutes=0, grad_ckpt=True, ckpt_interval=50,
+                  log_interval=1),
+    "cpu": dict(lr=1e-3, weight_decay=0.0, grad_clip=1.0, batch_size=2, grad_accum=2,
+                seq_len=128, max_iters=20, max_minutes=0, grad_ckpt=False, ckpt_interval=10,
+                log_interval=1),
 }
 METHODS = ("sft", "rollout", "relay_sg", "relay")
 MASK_EPS = 1e-3   # SFT mask rate p = (1 - eps) t + eps
@@ -63,30 +64,12 @@ g.add_argument("--seq-len", type=int, default=None, help="tokens per row, a mult
 g = p.add_argument_group("optimisation")
 g.add_argument("--batch-size", type=int, default=None, help="rows per micro-step per rank")
 g.add_argument("--grad-accum", type=int, default=None, help="micro-steps per optimizer step")
-g.add_argument("--lr", type=float, default=None, help="AdamW peak learning rate")
 g.add_argument("--warmup-frac", type=float, default=0.03, help="warm-up, fraction of max-iters")
-g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
-g.add_argument("--grad-clip", type=float, default=1.0, help="gradient-norm clip")
-g.add_argument("--max-iters", type=int, default=None, help="optimizer steps")
-g.add_argument("--max-minutes", type=float, default=0, help="wall-clock budget, 0 = none")
-g.add_argument("--seed", type=int, default=1, help="torch and numpy seed (+ rank)")
-g = p.add_argument_group("checkpoints, output")
-g.add_argument("--ckpt-interval", type=int, default=None, help="steps between checkpoints")
-g.add_argument("--log-interval", type=int, default=None, help="steps between log lines")
-g.add_argument("--out-dir", default=None, help="default: out/llm_<method>")
-g.add_argument("--resume", action="store_true", help="continue from <out-dir>/ckpt (exact)")
-g.add_argument("--device", default="auto", help="auto | cpu | cuda")
-g.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bar")
+add_run_flags(p, "default: out/llm_<method>; holds the checkpoint directory ckpt/")
 
 
 def resolve_args(argv=None):
-    args = p.parse_args(argv)
-    args.device = resolve_device(args.device)
-    if args.preset == "auto":
-        args.preset = "paper" if args.device.startswith("cuda") else "cpu"
-    for k, v in PRESETS[args.preset].items():
-        if getattr(args, k, None) is None:
-            setattr(args, k, v)
+    args = resolve_preset(p.parse_args(argv), PRESETS)
     if args.out_dir is None:
         args.out_dir = f"out/llm_{args.method}"
     if args.K < 1:
@@ -277,6 +260,7 @@ def main(argv=None):
     if args.resume and not os.path.isdir(ckpt_dir):
         raise LLMError(f"{ckpt_dir}: --resume given but there is no checkpoint")
     use_relay = args.method in ("relay", "relay_sg")
+    stop_grad = args.method == "relay_sg"     # the relay_sg ablation: h.detach() before R
     lm, tok, raw_cfg = load_relay_lm(ckpt_dir if args.resume else args.model, patch=use_relay,
                                      device=device)
     if not use_relay:
@@ -302,7 +286,7 @@ def main(argv=None):
                            f"not {args.method}")
         opt.load_state_dict(st["optimizer"])
         step, elapsed_before = st["step"], st["elapsed_s"]
-        own = st["ranks"][ctx.rank]
+        own = st["ranks"][ctx.rank if ctx.rank < len(st["ranks"]) else 0]
         restore_rng(own["rng"], rng, device)
         buffer.load_state_dict(own["buffer"])
         stream.load_state_dict(own["stream"])
@@ -334,27 +318,19 @@ def main(argv=None):
                 tqdm.write(f"step {step}: {msg}")
             save_checkpoint(args.out_dir, raw_lm, tok, raw_cfg, dict(
                 optimizer=opt.state_dict(), args=vars(args), step=step,
-                elapsed_s=elapsed_before + time.time() - t_start, ranks=ranks))
+                elapsed_s=elapsed_before + clock.elapsed(), ranks=ranks))
 
-    stop_grad = args.method == "relay_sg"
-    t_start = time.time()
-    deadline = t_start + 60 * args.max_minutes if args.max_minutes else float("inf")
-    bar = tqdm(total=args.max_iters, initial=step, disable=not (master and args.progress),
-               desc=args.method, dynamic_ncols=True)
-    t_log, step_log = time.time(), step
+    lm.train()                          # and stays so: nothing in the loop switches it
+    clock = TrainClock(args, step, ctx)
     losses = []                       # this invocation's, one per step (for tests and scripts)
     while True:
-        out_of_time = any_rank(time.time() > deadline, ctx)   # every rank stops at the same step
-        last_step = step >= args.max_iters or out_of_time
+        last_step = step >= args.max_iters or clock.out_of_time()
         if step > 0 and (step % args.ckpt_interval == 0 or last_step):
             checkpoint()
         if last_step:
             break
 
-        lr = lr_at(step)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        lm.train()
+        lr = set_lr(opt, lr_at(step))
         if args.method != "sft":
             buffer.refill(stream)                                            # Alg. 1 lines 2-3
         loss = 0.0
@@ -379,17 +355,10 @@ def main(argv=None):
         opt.zero_grad(set_to_none=True)
         step += 1
         losses.append(loss)
-        bar.update(1)
-        if master and step % args.log_interval == 0:
-            n = step - step_log
-            dt = (time.time() - t_log) / n
-            left = min(args.max_iters - step, (deadline - time.time()) / dt)
-            tqdm.write(log_line(step, args.max_iters, sum(losses[-n:]) / n, lr, dt,
-                                n_rows * ctx.world * args.seq_len / dt, "tok", left * dt))
-            t_log, step_log = time.time(), step
-    bar.close()
+        clock.step_done(step, losses, lr, n_rows * ctx.world * args.seq_len, "tok")
+    clock.close()
     if master:
-        print(f"done: {step} steps in {(elapsed_before + time.time() - t_start) / 60:.1f} min | "
+        print(f"done: {step} steps in {(elapsed_before + clock.elapsed()) / 60:.1f} min | "
               f"last loss {losses[-1] if losses else float('nan'):.4f} | {ckpt_dir}")
     close_distributed(ctx)
     return dict(losses=losses, step=step, lm=raw_lm)

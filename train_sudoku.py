@@ -14,15 +14,14 @@ import argparse
 import copy
 import json
 import os
-import time
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (UsageError, atomic_torch_save, autocast_for, any_rank, check_replicas,
-                    close_distributed, gather_objects, init_distributed, log_line, resolve_device,
-                    restore_rng, rng_state, run_main, seeded_rng, wrap_ddp)
+from common import (TrainClock, UsageError, add_run_flags, atomic_torch_save, autocast_for, check_replicas,
+                    close_distributed, gather_objects, init_distributed, resolve_preset,
+                    restore_rng, rng_state, run_main, seeded_rng, set_lr, wrap_ddp)
 from model import MASK_ID, N_CELLS, SIZES, build_model, encode
 from relay import unmask_budget
 from sample import evaluate
@@ -33,12 +32,12 @@ from data.sudoku import BUILTIN, DataError, augment, load_boards
 PRESETS = {
     # METHOD.md section 3, the authors' settings: xtiny model, Sudoku-Extreme, batch 512, 300k steps
     "paper": dict(size="paper", data="extreme", batch_size=512, lr=5e-4, warmup=2000,
-                  max_iters=300_000, max_minutes=0, eval_interval=5000, eval_n=2000,
-                  ckpt_interval=5000, log_interval=100),
+                  weight_decay=0.01, grad_clip=0.5, max_iters=300_000, max_minutes=0,
+                  eval_interval=5000, eval_n=2000, ckpt_interval=5000, log_interval=100),
     # a 2-core CPU in about 15 minutes, generated puzzles (Departures in the README)
     "cpu": dict(size="cpu", data="builtin", batch_size=64, lr=1e-3, warmup=100,
-                max_iters=1200, max_minutes=13.0, eval_interval=250, eval_n=256,
-                ckpt_interval=250, log_interval=50),
+                weight_decay=0.01, grad_clip=0.5, max_iters=1200, max_minutes=13.0,
+                eval_interval=250, eval_n=256, ckpt_interval=250, log_interval=50),
 }
 METHODS = ("mlm", "rollout", "relay_sg", "relay")
 
@@ -76,34 +75,17 @@ g.add_argument("--no-augment", dest="augment", action="store_false",
                help="turn off the symmetry augmentation (METHOD.md 6)")
 g = p.add_argument_group("optimisation")
 g.add_argument("--batch-size", type=int, default=None, help="boards in the buffer, per rank")
-g.add_argument("--lr", type=float, default=None, help="AdamW peak learning rate")
 g.add_argument("--warmup", type=int, default=None, help="linear warm-up steps, then constant")
-g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW, not on norms and biases")
-g.add_argument("--grad-clip", type=float, default=0.5, help="gradient-norm clip")
 g.add_argument("--ema-decay", type=float, default=0.9999, help="EMA of the weights (evaluated)")
-g.add_argument("--max-iters", type=int, default=None, help="optimizer steps")
-g.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget, 0 = none")
-g.add_argument("--seed", type=int, default=1, help="torch and numpy seed (+ rank)")
-g = p.add_argument_group("evaluation, checkpoints, output")
+g = p.add_argument_group("periodic evaluation")
 g.add_argument("--eval-tau", type=float, default=0.15, help="tau of the periodic evaluation")
 g.add_argument("--eval-interval", type=int, default=None, help="steps between evaluations")
 g.add_argument("--eval-n", type=int, default=None, help="validation puzzles per evaluation")
-g.add_argument("--ckpt-interval", type=int, default=None, help="steps between checkpoints")
-g.add_argument("--log-interval", type=int, default=None, help="steps between log lines")
-g.add_argument("--out-dir", default=None, help="default: out/sudoku_<method>_<tied|untied>")
-g.add_argument("--resume", action="store_true", help="continue from <out-dir>/ckpt.pt (exact)")
-g.add_argument("--device", default="auto", help="auto | cpu | cuda")
-g.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bar")
+add_run_flags(p, "default: out/sudoku_<method>_<tied|untied>; holds ckpt.pt, eval.jsonl")
 
 
 def resolve_args(argv=None):
-    args = p.parse_args(argv)
-    args.device = resolve_device(args.device)
-    if args.preset == "auto":
-        args.preset = "paper" if args.device.startswith("cuda") else "cpu"
-    for k, v in PRESETS[args.preset].items():
-        if getattr(args, k, None) is None:
-            setattr(args, k, v)
+    args = resolve_preset(p.parse_args(argv), PRESETS)
     size = SIZES[args.size]
     args.pos = args.pos or size["pos"]
     args.dropout = size["dropout"] if args.dropout is None else args.dropout
@@ -220,7 +202,9 @@ def main(argv=None):
     stream = PuzzleStream(train_q, train_a, args.augment, rng)
 
     # model, its EMA (evaluated and sampled, METHOD.md 3), optimizer, buffer
-    cfg = dict(SIZES[args.size], tied=args.tied, relay=args.method.startswith("relay"),
+    use_relay = args.method in ("relay", "relay_sg")
+    stop_grad = args.method == "relay_sg"     # the relay_sg ablation: h.detach() before R
+    cfg = dict(SIZES[args.size], tied=args.tied, relay=use_relay,
                pos=args.pos, dropout=args.dropout, relay_gain=args.relay_gain)
     model = build_model(cfg).to(device)
     ema = copy.deepcopy(model).eval()
@@ -228,7 +212,7 @@ def main(argv=None):
         q_.requires_grad_(False)
     decay, no_decay = [], []
     for n_, q_ in model.named_parameters():
-        (decay if q_.dim() >= 2 else no_decay).append(q_)   # no decay on norms and biases
+        (decay if q_.dim() >= 2 else no_decay).append(q_)   # weight decay not on norms, biases
     opt = torch.optim.AdamW([dict(params=decay, weight_decay=args.weight_decay),
                              dict(params=no_decay, weight_decay=0.0)], lr=args.lr, betas=(0.9, 0.999))
     buffer = StreamingBuffer(args.batch_size, model.cfg.n_embd, device)
@@ -247,7 +231,7 @@ def main(argv=None):
         ema.load_state_dict(ck["ema"])
         opt.load_state_dict(ck["optimizer"])
         step, history, elapsed_before = ck["step"], ck["history"], ck["elapsed_s"]
-        own = ck["ranks"][ctx.rank] if ctx.rank < len(ck["ranks"]) else ck["ranks"][0]
+        own = ck["ranks"][ctx.rank if ctx.rank < len(ck["ranks"]) else 0]
         restore_rng(own["rng"], rng, device)
         buffer.load_state_dict(own["buffer"])
         if master:
@@ -292,20 +276,14 @@ def main(argv=None):
             atomic_torch_save(dict(
                 model=raw_model.state_dict(), ema=ema.state_dict(), optimizer=opt.state_dict(),
                 model_config=raw_model.cfg.to_dict(), args=vars(args), step=step,
-                history=history, elapsed_s=elapsed_before + time.time() - t_start,
+                history=history, elapsed_s=elapsed_before + clock.elapsed(),
                 ranks=ranks), ckpt_path)
 
-    use_relay = args.method in ("relay", "relay_sg")
-    stop_grad = args.method == "relay_sg"
-    t_start = time.time()
-    deadline = t_start + 60 * args.max_minutes if args.max_minutes else float("inf")
-    bar = tqdm(total=args.max_iters, initial=step, disable=not (master and args.progress),
-               desc=args.method, dynamic_ncols=True)
-    t_log, step_log = time.time(), step
+    model.train()                       # and stays so: evaluation decodes with other weights
+    clock = TrainClock(args, step, ctx)
     losses = []                       # this invocation's, one per step (for tests and scripts)
     while True:
-        out_of_time = any_rank(time.time() > deadline, ctx)   # every rank stops at the same step
-        last_step = step >= args.max_iters or out_of_time
+        last_step = step >= args.max_iters or clock.out_of_time()
         # Sudoku only: periodic evaluation, also at the last step
         if step > 0 and (step % args.eval_interval == 0 or last_step):
             if not history or history[-1]["step"] != step:
@@ -322,10 +300,7 @@ def main(argv=None):
         if last_step:
             break
 
-        lr = lr_at(step)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        model.train()
+        lr = set_lr(opt, lr_at(step))
         if args.method == "mlm":
             loss = mlm_loss(model, stream, args.batch_size, rng, device, autocast)
         else:
@@ -344,18 +319,11 @@ def main(argv=None):
             for pe, pm in zip(ema.parameters(), raw_model.parameters()):
                 pe.lerp_(pm, 1.0 - d)
         losses.append(loss.item())
-        bar.update(1)
-        if master and step % args.log_interval == 0:
-            n = step - step_log
-            dt = (time.time() - t_log) / n
-            left = min(args.max_iters - step, (deadline - time.time()) / dt)
-            tqdm.write(log_line(step, args.max_iters, sum(losses[-n:]) / n, lr, dt,
-                                args.batch_size * ctx.world / dt, "boards", left * dt))
-            t_log, step_log = time.time(), step
-    bar.close()
+        clock.step_done(step, losses, lr, args.batch_size * ctx.world, "boards")
+    clock.close()
     if master:
         last = history[-1] if history else {}
-        print(f"done: {step} steps in {(elapsed_before + time.time() - t_start) / 60:.1f} min | "
+        print(f"done: {step} steps in {(elapsed_before + clock.elapsed()) / 60:.1f} min | "
               f"val acc {100 * last.get('val_acc', 0):.1f}% NFE {last.get('val_nfe', 0):.2f} "
               f"legal {100 * last.get('val_legal', 0):.1f}% | {ckpt_path}")
     close_distributed(ctx)

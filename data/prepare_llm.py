@@ -16,12 +16,15 @@ import os
 import random
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script
+from common import UserError, atomic_write, run_main  # noqa: E402
+
 CODE_HUB = ("nvidia/OpenCodeInstruct", None, "train")
 MATH_HUB = ("nvidia/OpenMathInstruct-2", None, "train_1M")
 
 
-class PrepError(ValueError):
-    pass
+class PrepError(UserError):
+    """A bad SFT source file or a failed download: one line naming the file and problem."""
 
 
 def read_rows(path):
@@ -98,19 +101,11 @@ def main(argv=None):
     math = take(math_examples(math_src, args.math or MATH_HUB[0]), args.n_math)
     rows = code + math
     random.Random(args.seed).shuffle(rows)
-    tmp = args.out + ".tmp"
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(tmp, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, args.out)
+    atomic_write(args.out, "".join(json.dumps(r) + "\n" for r in rows))
     print(f"wrote {len(rows)} rows ({len(code)} code, {len(math)} math) to {args.out}")
     return rows
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except PrepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)
