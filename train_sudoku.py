@@ -231,7 +231,9 @@ def main(argv=None):
         ema.load_state_dict(ck["ema"])
         opt.load_state_dict(ck["optimizer"])
         step, history, elapsed_before = ck["step"], ck["history"], ck["elapsed_s"]
-        own = ck["ranks"][ctx.rank if ctx.rank < len(ck["ranks"]) else 0]
+        ranks = ck.get("ranks") or [dict(buffer=b, rng=r)       # checkpoints before the "ranks"
+                                    for b, r in zip(ck["pools"], ck["rng"])]   # key (34ab736)
+        own = ranks[ctx.rank if ctx.rank < len(ranks) else 0]
         restore_rng(own["rng"], rng, device)
         buffer.load_state_dict(own["buffer"])
         if master:
