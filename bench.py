@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from common import autocast_for, resolve_device, run_main
-from model import SIZES, build_model, encode
+from model import N_CELLS, SIZES, build_model, encode
 from sample import solve_boards
 from data.sudoku import load_boards
 import train_sudoku
@@ -84,7 +84,7 @@ def bench_sampler(model, puzzles, tau, device):
     wall = time.perf_counter() - t
     passes = int(nfe.max())                   # batched passes (the batch runs until its last board)
     z = encode(puzzles).to(device)
-    h = torch.zeros(len(z), 81, model.cfg.n_embd, device=device)
+    h = torch.zeros(len(z), N_CELLS, model.cfg.n_embd, device=device)
     with torch.no_grad():
         model(z, h)
         sync(device)

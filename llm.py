@@ -1,5 +1,5 @@
 """
-Fast-dLLM v2 with the relay (SPEC 7): load a checkpoint into transformers' own Qwen2 classes,
+Fast-dLLM v2 with the relay (METHOD.md 7): load a checkpoint into transformers' own Qwen2 classes,
 patch in R (relay.Relay, zero-initialised), and the two forwards both scripts share:
   - train_llm.py's block-diffusion forward over [x_t || x_0] (length 2L),
   - sample_llm.py's block pass against a KV cache.
@@ -71,7 +71,7 @@ class RelayLM(nn.Module):
         return out.index_fill(-1, torch.tensor([self.mask_id], device=out.device), float("-inf"))
 
     def forward(self, x_t, x0, h=None, relay_where=None, stop_grad=False):
-        """Training forward over [x_t || x_0], both halves at positions 0..T-1 (SPEC 7).
+        """Training forward over [x_t || x_0], both halves at positions 0..T-1 (METHOD.md 7).
         x_t, x0: (B, T) ids; h: (B, T, C) shifted relay state from the previous forward, added
         (through R) at relay_where (B, T). Returns hs (B, T, C): hs[:, j] predicts token j (from
         x_t position j-1 inside a block, from x_0 position j-1 at a block's first position);
@@ -102,7 +102,7 @@ class RelayLM(nn.Module):
 # attention masks
 
 def training_mask(T, block_size, device=None):
-    """(2L, 2L) bool for [x_t || x_0] (SPEC 7): x_t block b sees x_t block b and x_0 blocks < b;
+    """(2L, 2L) bool for [x_t || x_0] (METHOD.md 7): x_t block b sees x_t block b and x_0 blocks < b;
     x_0 block b sees x_0 blocks <= b; x_0 never sees x_t."""
     blk = torch.arange(T, device=device) // block_size
     same = blk[:, None] == blk[None, :]

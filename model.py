@@ -1,5 +1,5 @@
 """
-The Sudoku backbone of SPEC 2: a bidirectional pre-norm transformer over the 81 cells with
+The Sudoku backbone of METHOD.md 2: a bidirectional pre-norm transformer over the 81 cells with
 rotary position embeddings, tied or untied embeddings, and the relay R (relay.py).
 forward(z, h) returns the digit logits and the new last-layer state h (before the final norm),
 which the next pass feeds back through R: h_{k+1} = f(Emb(z_k) + R(h_k)), logits = UnEmb(h_{k+1}).
@@ -11,8 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from relay import Relay, relay_embed
+from data.sudoku import N_CELLS
 
-N_CELLS = 81
 N_DIGITS = 9          # token ids 0..8 are the digits 1..9
 MASK_ID = N_DIGITS    # id 9 is [MASK]; it is embedded but never predicted
 VOCAB_SIZE = N_DIGITS + 1
@@ -34,7 +34,7 @@ class ModelConfig:
         return asdict(self)
 
 
-# The paper's "xtiny" model (SPEC 2, ~7M parameters) and the CPU default (~0.8M parameters).
+# The paper's "xtiny" model (METHOD.md 2, ~7M parameters) and the CPU default (~0.8M parameters).
 # relay_gain: R's LayerNorm gain at init. The authors keep PyTorch's 1, so R(h) starts with norm
 # sqrt(C), ~10x the token embedding's (init std C^-1/2); in short CPU runs that drowned the input
 # and the relay model did not learn in 300 steps (loss stuck at 2 ln 9) while rollout did. The
@@ -121,7 +121,7 @@ class SudokuTransformer(nn.Module):
 
     def _init_weights(self, m):
         if isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, std=m.weight.shape[1] ** -0.5)  # N(0, d^-1/2), SPEC 2
+            nn.init.normal_(m.weight, std=m.weight.shape[1] ** -0.5)  # N(0, d^-1/2), METHOD.md 2
         elif isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, std=0.02)
             if m.bias is not None:

@@ -10,9 +10,9 @@ import torch.nn as nn
 
 
 class Relay(nn.Module):
-    """R_theta: a LayerNorm over the carried last-layer state h (SPEC 2).
+    """R_theta: a LayerNorm over the carried last-layer state h (METHOD.md 2).
     zero_init=True zeroes weight and bias, so R(h) = 0 and a patched pretrained model starts
-    exactly equal to the base model (the Fast-dLLM v2 recipe, SPEC 7). weight_init sets the
+    exactly equal to the base model (the Fast-dLLM v2 recipe, METHOD.md 7). weight_init sets the
     LayerNorm's initial gain (PyTorch's default, used by the authors, is 1)."""
 
     def __init__(self, n_embd, eps=1e-5, zero_init=False, weight_init=1.0):
@@ -31,7 +31,7 @@ def relay_embed(emb, relay, h, stop_grad=False, where=None):
     (the first pass of a decode that carries nothing adds nothing, not R(0)).
     stop_grad: the `relay_sg` ablation, h.detach() before R, so no credit flows to the step
     that produced h. where: optional (B, T) bool, add R(h) only there (the LLM adds it at
-    [MASK] positions only, SPEC 7)."""
+    [MASK] positions only, METHOD.md 7)."""
     if relay is None or h is None:
         return emb
     r = relay(h.detach() if stop_grad else h)
@@ -42,7 +42,7 @@ def relay_embed(emb, relay, h, stop_grad=False, where=None):
 
 @torch.no_grad()
 def unmask_budget(logits, masked, tau):
-    """SPEC 4, the Sudoku rule shared by the training rollout (Alg. 1 line 8) and the sampler.
+    """METHOD.md 4, the Sudoku rule shared by the training rollout (Alg. 1 line 8) and the sampler.
     Per board, among still-masked cells sorted by uncertainty u = 1 - p_max, reveal the most
     confident cells while the running sum of u stays below tau (a cumulative budget, not a
     per-cell cutoff), and always at least the single most confident one.
@@ -61,7 +61,7 @@ def unmask_budget(logits, masked, tau):
 
 @torch.no_grad()
 def unmask_threshold(confidence, masked, threshold, group=None):
-    """SPEC 7, the LLM rule shared by the relay rollout in training and the block decoder:
+    """METHOD.md 7, the LLM rule shared by the relay rollout in training and the block decoder:
     reveal masked tokens whose confidence (max softmax prob of the argmax token) exceeds
     `threshold`, plus the single most confident masked token of every group of `group`
     consecutive positions that still has one (the 32-token block in training, the 8-token

@@ -1,11 +1,11 @@
 """
-Solve Sudoku puzzles with a trained checkpoint: the confidence-budget sampler of SPEC 4-5 with
+Solve Sudoku puzzles with a trained checkpoint: the confidence-budget sampler of METHOD.md 4-5 with
 the relay carried between passes, NFE per puzzle, and the paper's metrics.
 
     python sample.py --tau 0.15                  # latest checkpoint under out/, built-in test split
     python sample.py --sweep                     # tau 0.05..0.25: table + accuracy-NFE plot
     python sample.py --sweep --ckpt out/a/ckpt.pt out/b/ckpt.pt   # several models, one plot
-    python sample.py --data ../shared/data/sudoku_extreme_format_sample.csv --limit 20 --json
+    python sample.py --data puzzles.csv --limit 20 --json   # any Sudoku-Extreme-format CSV
     python sample.py --show 2                    # print two puzzles' trajectories pass by pass
 """
 import argparse
@@ -26,7 +26,7 @@ from data.sudoku import DataError, cohort_labels, legal, load_boards, to_string
 # train_sudoku.py's flag for each builtin_splits argument (saved in every checkpoint's args)
 BUILTIN_ARGS = dict(n_train="n_train", n_val="n_val", n_test="n_test", clues="clues",
                     seed="data_seed")
-MAX_PASSES = 64           # SPEC 5: at most 64 passes, then one final pass fills what is left
+MAX_PASSES = 64           # METHOD.md 5: at most 64 passes, then one final pass fills what is left
 SWEEP_TAUS = (0.05, 0.10, 0.15, 0.20, 0.25)
 
 
@@ -222,12 +222,12 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--ckpt", nargs="+", default=None,
                    help="checkpoint(s) (default: newest out/*/ckpt.pt); several are compared")
-    p.add_argument("--tau", type=float, default=0.15, help="uncertainty budget per pass (SPEC 4)")
+    p.add_argument("--tau", type=float, default=0.15, help="uncertainty budget per pass (METHOD.md 4)")
     p.add_argument("--sweep", action="store_true", help=f"evaluate tau in {SWEEP_TAUS}")
     p.add_argument("--data", default=None, help="'builtin' (the checkpoint's generated test split),"
                    " 'extreme' (hub), or a CSV path (default: the checkpoint's own --data)")
     p.add_argument("--limit", type=int, default=None, help="first N puzzles only")
-    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=512, help="puzzles decoded together")
     p.add_argument("--raw", action="store_true", help="use the raw weights, not the EMA")
     p.add_argument("--no-relay", dest="relay", action="store_false",
                    help="ablation: keep h = 0 at every pass (relay models only)")

@@ -1,5 +1,5 @@
 """
-The SFT mixture of SPEC 7: 24k OpenCodeInstruct (unit-tested answers that contain `def `)
+The SFT mixture of METHOD.md 7: 24k OpenCodeInstruct (unit-tested answers that contain `def `)
 + 36k OpenMathInstruct-2 (`train_1M`), shuffled, written as jsonl rows {prompt, response, source}
 that train_llm.py reads (it applies the chat template, puts labels on the response only and
 drops rows over the length limit).
@@ -90,10 +90,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--code", default=None, help="local OpenCodeInstruct jsonl/parquet (default: hub)")
     p.add_argument("--math", default=None, help="local OpenMathInstruct-2 jsonl/parquet (default: hub)")
-    p.add_argument("--n-code", type=int, default=24_000)
-    p.add_argument("--n-math", type=int, default=36_000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="data/llm_mix.jsonl")
+    p.add_argument("--n-code", type=int, default=24_000, help="OpenCodeInstruct rows kept")
+    p.add_argument("--n-math", type=int, default=36_000, help="OpenMathInstruct-2 rows kept")
+    p.add_argument("--seed", type=int, default=0, help="shuffle seed of the mixture")
+    p.add_argument("--out", default="data/llm_mix.jsonl", help="the jsonl train_llm.py reads")
     args = p.parse_args(argv)
     code_src = read_rows(args.code) if args.code else hub_rows(*CODE_HUB)
     math_src = read_rows(args.math) if args.math else hub_rows(*MATH_HUB)

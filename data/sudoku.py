@@ -1,7 +1,7 @@
 """
 Sudoku boards without a network: an exact solver, a puzzle generator with cached splits,
 a validating Sudoku-Extreme CSV reader (local path or the Hugging Face hub), the symmetry
-augmentation of SPEC 6 and the deduction-only cohort labels.
+augmentation of METHOD.md 6 and the deduction-only cohort labels.
 
 Boards are numpy uint8 arrays of shape (N, 81), row-major, digits 1-9 and 0 for a blank.
 The model's token ids (digit - 1, MASK_ID for a blank) are made in train_sudoku.py / sample.py.
@@ -18,15 +18,18 @@ from common import UserError
 CACHE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cache")
 HF_REPO = "sapientinc/sudoku-extreme"
 ALL = 0x1FF  # bitmask of the 9 digits
+N_CELLS = 81
 
-ROW = [i // 9 for i in range(81)]
-COL = [i % 9 for i in range(81)]
-BOX = [(i // 27) * 3 + (i % 9) // 3 for i in range(81)]
+ROW = [i // 9 for i in range(N_CELLS)]
+COL = [i % 9 for i in range(N_CELLS)]
+BOX = [(i // 27) * 3 + (i % 9) // 3 for i in range(N_CELLS)]
 UNITS = ([[r * 9 + c for c in range(9)] for r in range(9)] +
          [[r * 9 + c for r in range(9)] for c in range(9)] +
-         [[i for i in range(81) if BOX[i] == b] for b in range(9)])
+         [[i for i in range(N_CELLS) if BOX[i] == b] for b in range(9)])
 
 
+# the authors' Sudoku-Extreme test split: the first 2,000 rows of test.csv in file order
+EXTREME_TEST_ROWS = 2000
 # the generated data set every script uses unless told otherwise: split sizes, clue range, seed
 BUILTIN = dict(n_train=6000, n_val=500, n_test=1000, clues="30-40", seed=0)
 
@@ -40,7 +43,7 @@ class DataError(UserError):
 
 def _search(cells, rows, cols, boxes, limit, out, rng):
     best, best_cands, best_n = -1, 0, 10
-    for i in range(81):
+    for i in range(N_CELLS):
         if cells[i] == 0:
             cands = ALL & ~(rows[ROW[i]] | cols[COL[i]] | boxes[BOX[i]])
             n = bin(cands).count("1")
@@ -92,8 +95,8 @@ def solvable_by_singles(board):
     cells = [int(v) for v in board]
     while 0 in cells:
         progress = False
-        cand = [0] * 81
-        for i in range(81):
+        cand = [0] * N_CELLS
+        for i in range(N_CELLS):
             if cells[i] == 0:
                 used = 0
                 for u in (UNITS[ROW[i]], UNITS[9 + COL[i]], UNITS[18 + BOX[i]]):
@@ -120,9 +123,9 @@ def solvable_by_singles(board):
 
 
 def legal(board):
-    """Per board: filled and no row, column or box repeats a digit (SPEC 5 'legal rate').
+    """Per board: filled and no row, column or box repeats a digit (METHOD.md 5 'legal rate').
     board: (N, 81) array -> (N,) bool."""
-    b = np.asarray(board).reshape(-1, 81)
+    b = np.asarray(board).reshape(-1, N_CELLS)
     ok = (b >= 1).all(1) & (b <= 9).all(1)
     for u in UNITS:
         vals = np.sort(b[:, u], axis=1)
@@ -138,11 +141,11 @@ def generate_puzzle(rng, clues, singles=None):
     singles=True/False asks for a puzzle that naked+hidden singles do / do not solve;
     None accepts either. Returns (puzzle, solution) as lists of 81 digits."""
     while True:
-        _, grid = solve([0] * 81, limit=1, rng=rng)
+        _, grid = solve([0] * N_CELLS, limit=1, rng=rng)
         puzzle = list(grid)
-        order = list(range(81))
+        order = list(range(N_CELLS))
         rng.shuffle(order)
-        n = 81
+        n = N_CELLS
         for i in order:
             if n == clues:
                 break
@@ -270,8 +273,8 @@ def read_csv(path, limit=None, skip=0):
     if not qs:
         raise DataError(f"{path}: no puzzles")
     # all rows are 81 characters of known digits now: convert and check the rules vectorised
-    q = np.frombuffer("".join(qs).replace(".", "0").encode(), np.uint8).reshape(-1, 81) - 48
-    a = np.frombuffer("".join(as_).encode(), np.uint8).reshape(-1, 81) - 48
+    q = np.frombuffer("".join(qs).replace(".", "0").encode(), np.uint8).reshape(-1, N_CELLS) - 48
+    a = np.frombuffer("".join(as_).encode(), np.uint8).reshape(-1, N_CELLS) - 48
     clash = (q != 0) & (q != a)
     if clash.any():
         n, i = np.argwhere(clash)[0]
@@ -286,16 +289,16 @@ def read_csv(path, limit=None, skip=0):
 
 
 def _check_chars(where, question, answer):
-    if len(question) != 81:
-        raise DataError(f"{where}: question has {len(question)} characters, expected 81")
+    if len(question) != N_CELLS:
+        raise DataError(f"{where}: question has {len(question)} characters, expected {N_CELLS}")
     bad = sorted(set(question) - set(".0123456789"))
     if bad:
         raise DataError(f"{where}: question has foreign characters {''.join(bad)!r} "
                         f"(allowed: 1-9, '.' or '0' for a blank)")
     if answer == "":
         return
-    if len(answer) != 81:
-        raise DataError(f"{where}: answer has {len(answer)} characters, expected 81")
+    if len(answer) != N_CELLS:
+        raise DataError(f"{where}: answer has {len(answer)} characters, expected {N_CELLS}")
     bad = sorted(set(answer) - set("123456789"))
     if bad:
         raise DataError(f"{where}: answer has foreign characters {''.join(bad)!r} (allowed: 1-9)")
@@ -328,23 +331,23 @@ def download_extreme(split, cache_dir=None):
 def load_boards(spec, split, limit=None, **builtin_kwargs):
     """One entry point for every --data value. 'builtin': the generated split (builtin_kwargs go
     to builtin_splits, BUILTIN fills what they leave out); 'extreme': Sudoku-Extreme from the hub, where 'test' is the first rows of
-    test.csv in file order (the authors' first 2,000, SPEC 6) and 'val' the 2,000 rows after
-    them; any other value: a local CSV path, used whole for every split.
+    test.csv in file order (EXTREME_TEST_ROWS, the authors' 2,000, METHOD.md 6) and 'val' as
+    many rows after them; any other value: a local CSV path, used whole for every split.
     Returns (puzzles, solutions) as uint8 (N, 81) arrays."""
     if spec == "builtin":
         q, a = builtin_splits(**{**BUILTIN, **builtin_kwargs})[split]
         return (q[:limit], a[:limit]) if limit else (q, a)
     if spec == "extreme":
         path = download_extreme("train" if split == "train" else "test")
-        skip = 2000 if split == "val" else 0
-        limit = limit or (2000 if split != "train" else None)
+        skip = EXTREME_TEST_ROWS if split == "val" else 0
+        limit = limit or (EXTREME_TEST_ROWS if split != "train" else None)
     else:
         path, skip = spec, 0
     return read_csv(path, limit=limit, skip=skip)
 
 
 # -----------------------------------------------------------------------------
-# symmetry augmentation (SPEC 6): the same random symmetry on puzzle and solution
+# symmetry augmentation (METHOD.md 6): the same random symmetry on puzzle and solution
 
 def random_symmetry(rng):
     """A cell permutation (81,) and a digit relabelling (10,) drawn with a numpy Generator.
@@ -357,7 +360,7 @@ def random_symmetry(rng):
     if rng.random() < 0.5:
         perm = perm.T
     relabel = np.concatenate([[0], 1 + rng.permutation(9)])  # blank stays blank
-    return perm.reshape(81), relabel
+    return perm.reshape(N_CELLS), relabel
 
 
 def augment(puzzles, solutions, rng):
@@ -371,7 +374,7 @@ def augment(puzzles, solutions, rng):
 
 
 # -----------------------------------------------------------------------------
-# cohorts (SPEC 6): what a human-style solver needs for each puzzle
+# cohorts (METHOD.md 6): what a human-style solver needs for each puzzle
 
 ADVANCED = {"naked_pairs", "hidden_pairs", "naked_triples", "hidden_triples", "naked_quads",
             "hidden_quads", "x_wings", "swordfish"}

@@ -82,7 +82,7 @@ def test_stop_gradient_blocks_credit_through_h():
 
 
 # -----------------------------------------------------------------------------
-# the unmasking rule (SPEC 4)
+# the unmasking rule (METHOD.md 4)
 
 def logits_with_pmax(pmax):
     """(1, T, 9) logits whose softmax max equals the given values: a = ln(8p / (1 - p))."""
