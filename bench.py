@@ -129,7 +129,7 @@ def _llm_micro_step_memory(s, method):
     buffer = train_llm.StreamingBuffer(s["batch_size"], s["seq_len"], lm.qwen.config.hidden_size,
                                        lm.mask_id, device)
     buffer.refill(stream)
-    x0, r = (t.to(device) for t in stream.next(s["batch_size"]))
+    x0, resp = (t.to(device) for t in stream.next(s["batch_size"]))
     autocast = autocast_for(device)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -138,7 +138,7 @@ def _llm_micro_step_memory(s, method):
     else:
         base = _rss_reset()
     if method == "sft":
-        loss = train_llm.sft_loss(lm, x0, r, rng, autocast)
+        loss = train_llm.sft_loss(lm, x0, resp, rng, autocast)
     else:
         loss = train_llm.rollout_loss(lm, buffer, slice(0, s["batch_size"]), s["K"], s["tau"],
                                       use_relay=method.startswith("relay"),

@@ -77,7 +77,7 @@ class RelayLM(nn.Module):
         x_t position j-1 inside a block, from x_0 position j-1 at a block's first position);
         hs[:, 0] is zero (position 0 is never predicted)."""
         B, T = x_t.shape
-        emb_t = self.embed(x_t, h, relay_where, stop_grad)
+        emb_t = self.embed(x_t, h, where=relay_where, stop_grad=stop_grad)
         emb_0 = self.embed(x0)
         pos = torch.arange(T, device=x_t.device)
         mask = training_mask(T, self.block_size, x_t.device)[None, None]
@@ -93,9 +93,10 @@ class RelayLM(nn.Module):
                               position_ids=position_ids, **kw)
         return out.last_hidden_state
 
-    def embed(self, ids, h=None, where=None, stop_grad=False):
+    def embed(self, ids, h=None, *, where=None, stop_grad=False):
         """Emb(z) + R(h) at `where` (the relay step's input, relay.relay_embed)."""
-        return relay_embed(self.qwen.model.embed_tokens(ids), self.relay, h, stop_grad, where)
+        return relay_embed(self.qwen.model.embed_tokens(ids), self.relay, h, stop_grad=stop_grad,
+                           where=where)
 
 
 # -----------------------------------------------------------------------------

@@ -140,7 +140,7 @@ class SudokuTransformer(nn.Module):
             rope = None
         else:
             rope = (self.rope_cos, self.rope_sin)
-        x = relay_embed(x, self.relay, h, stop_grad)             # + R(h)    Alg. 1 line 6
+        x = relay_embed(x, self.relay, h, stop_grad=stop_grad)   # + R(h)    Alg. 1 line 6
         x = self.drop(x)
         for block in self.blocks:
             x = block(x, rope)

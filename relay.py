@@ -25,7 +25,7 @@ class Relay(nn.Module):
         return self.norm(h)
 
 
-def relay_embed(emb, relay, h, stop_grad=False, where=None):
+def relay_embed(emb, relay, h, *, stop_grad=False, where=None):
     """The input of the relay step: Emb(z) + R(h).
     emb: (B, T, C) token embeddings Emb(z); h: (B, T, C) state from the previous pass or None
     (the first pass of a decode that carries nothing adds nothing, not R(0)).
@@ -61,7 +61,7 @@ def unmask_budget(logits, masked, tau):
 
 @torch.no_grad()
 def unmask_threshold(confidence, masked, threshold, group=None):
-    """METHOD.md 7, the LLM rule shared by the relay rollout in training and the block decoder:
+    """METHOD.md 4, the LLM rule shared by the relay rollout in training and the block decoder:
     reveal masked tokens whose confidence (max softmax prob of the argmax token) exceeds
     `threshold`, plus the single most confident masked token of every group of `group`
     consecutive positions that still has one (the 32-token block in training, the 8-token

@@ -83,7 +83,7 @@ def generate(lm, prompts, max_new_tokens=512, tau=THRESHOLD, sub_block=SUB_BLOCK
                 break
             sub = (masked.float().argmax(1) // sub_block)             # current sub-block per row
             in_sub = (torch.arange(bs, device=dev)[None] // sub_block) == sub[:, None]
-            emb = lm.embed(z, h if use_relay else None, masked if use_relay else None)
+            emb = lm.embed(z, h if use_relay else None, where=masked if use_relay else None)
             hidden = _block_pass(lm, emb, ids, valid, pos, s, e, cache, write=False)
             hs = shift_states(hidden, last if last is not None else hidden[:, :1] * 0, bs)
             conf, pred = lm.logits(hs).float().softmax(-1).max(-1)

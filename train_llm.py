@@ -197,7 +197,7 @@ def rollout_loss(model, buffer, rows, K, tau, *, use_relay, stop_grad, autocast)
         masked = z == lm.mask_id
         where = masked & has_h[:, None] if use_relay else None     # R(h) at [MASK] only
         with autocast:                                             # line 6:  h <- f(Emb(z) + R(h))
-            hs = model(z, x0, h if use_relay else None, where, stop_grad)
+            hs = model(z, x0, h if use_relay else None, relay_where=where, stop_grad=stop_grad)
         loss, logits = masked_ce(lm, hs, x0, masked)               # line 7:  L <- L + CE(logits, x0)
         L = L + loss
         with torch.no_grad():                                      # line 8:  U = confidence > tau,
@@ -339,8 +339,8 @@ def main(argv=None):
                     else lm.no_sync())
             with sync:
                 if args.method == "sft":
-                    x0, r = stream.next(args.batch_size)
-                    micro_loss = sft_loss(lm, x0.to(device), r.to(device), rng, autocast)
+                    x0, resp = stream.next(args.batch_size)
+                    micro_loss = sft_loss(lm, x0.to(device), resp.to(device), rng, autocast)
                 else:
                     rows = slice(micro * args.batch_size, (micro + 1) * args.batch_size)
                     micro_loss, z, h, has_h = rollout_loss(

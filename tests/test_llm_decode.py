@@ -12,6 +12,7 @@ import code_eval
 import llm
 import sample_llm
 import train_llm
+from common import UserError
 from conftest import ROOT, SHARED
 
 CODE_DIR = os.path.join(SHARED, "data", "code_eval")
@@ -84,7 +85,7 @@ def test_decoding_relay_step_equals_training_relay_step(model):
     pos = torch.arange(L)[None].expand(2, -1)
     cache = sample_llm._new_cache(lm)
     pre = lm.run(lm.embed(x0[:, :64]), sample_llm.block_mask(valid, 0, 64, 64, bs), pos[:, :64], cache)
-    emb = lm.embed(z[:, blk], h[:, blk], where[:, blk])
+    emb = lm.embed(z[:, blk], h[:, blk], where=where[:, blk])
     hid = sample_llm._block_pass(lm, emb, x0, valid, pos, 64, 96, cache, write=False)
     hs_dec = llm.shift_states(hid, pre[:, -1:], bs)
     assert torch.allclose(hs_dec, hs_train[:, blk], atol=1e-9)
@@ -206,9 +207,14 @@ def test_cli_bad_inputs(tmp_path, relay_dir):
          "longer than the model's context"),
         (["sample_llm.py", "--model", str(no_tok), "--prompt", "hi"], "no usable tokenizer"),
     ]
-    for args, needle in cases:
-        r = run_cli(*args)
-        assert r.returncode == 2, (args, r.stderr[-800:])
-        assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    import eval_llm
+    for script, *args in [c[0] for c in cases]:   # in-process: one line naming the problem
+        with pytest.raises(UserError) as e:
+            {"eval_llm.py": eval_llm.main, "sample_llm.py": sample_llm.main}[script](args)
+        needle = next(n for c, n in cases if c[1:] == args)
+        assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
+    r = run_cli(*cases[0][0])        # as a script: that line on stderr and exit status 2
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.startswith("error: ") and cases[0][1] in r.stderr, r.stderr
     r = run_cli("eval_llm.py", "--model", relay_dir, "--task", "apps")   # a bad flag: argparse
     assert r.returncode == 2 and "invalid choice: 'apps'" in r.stderr

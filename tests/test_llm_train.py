@@ -11,6 +11,7 @@ import torch
 
 import llm
 import train_llm
+from common import UserError
 from conftest import ROOT
 
 FIX = os.path.join(ROOT, "tests", "fixtures")
@@ -203,10 +204,16 @@ def test_bad_inputs_get_one_line_errors(tiny_dir, tmp_path):
         (["--model", tiny_dir, "--data", str(empty)], "empty.jsonl:1: empty response"),
         (["--model", tiny_dir, "--seq-len", "100"], "--seq-len 100 is not a multiple of the block size 32"),
     ]
-    for args, needle in cases:
-        r = run_cli(*args, "--max-iters", "1", "--out-dir", str(tmp_path / "o"), "--no-progress")
-        assert r.returncode == 2, (args, r.stderr[-500:])
-        assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    for args, needle in cases:   # in-process: the message names the file, line or flag
+        with pytest.raises(UserError) as e:
+            train_llm.main([*args, "--max-iters", "1", "--out-dir", str(tmp_path / "o"),
+                            "--no-progress"])
+        assert needle in str(e.value) and "\n" not in str(e.value), (args, str(e.value))
+    # and the script turns it into one line on stderr and exit status 2
+    r = run_cli(*cases[3][0], "--max-iters", "1", "--out-dir", str(tmp_path / "o"), "--no-progress")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: ") and cases[3][1] in lines[0]
 
 
 def test_bench_measures_llm_memory_per_method(tiny_dir):

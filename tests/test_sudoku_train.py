@@ -1,6 +1,7 @@
 """Training (Algorithm 1 and the baselines), checkpoints and resume, and the command lines."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 import train_sudoku
+from common import UserError
 from conftest import ROOT, SHARED
 
 SAMPLE_CSV = os.path.join(SHARED, "data", "sudoku_extreme_format_sample.csv")
@@ -62,14 +64,22 @@ def test_pool_refills_only_finished_boards():
     assert (pool.z[1] == train_sudoku.MASK_ID).all()
 
 
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    """One tiny relay run of 3 steps, shared by the sampler tests (its directory is relay_a)."""
+    d = tmp_path_factory.mktemp("runs") / "relay_a"
+    train(d, iters=3)
+    return d / "ckpt.pt"
+
+
 def run_cli(*args):
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
 
 
-def test_sample_cli_json_and_errors(tmp_path):
-    train(tmp_path, iters=3)
-    ckpt = str(tmp_path / "ckpt.pt")
+def test_sample_cli_json_and_errors(tmp_path, tiny_ckpt):
+    import sample
+    ckpt = str(tiny_ckpt)
     r = run_cli("sample.py", "--ckpt", ckpt, ckpt, "--data", SAMPLE_CSV, "--limit", "6", "--json",
                 "--sweep", "--out", str(tmp_path / "sw"))
     assert r.returncode == 0, r.stderr
@@ -81,29 +91,34 @@ def test_sample_cli_json_and_errors(tmp_path):
     assert [same(r) for r in rows[:5]] == [same(r) for r in rows[5:]]
     assert rows[0]["label"] != rows[5]["label"] and rows[5]["label"].endswith("#2 @3")
     assert (tmp_path / "sw.png").stat().st_size > 1000 and (tmp_path / "sw.md").exists()
-    # bad input: one line on stderr, exit status 2, no traceback
+    # bad input: one line naming the problem (in-process), and as a script: that line on
+    # stderr, exit status 2, no traceback
     bad_csv = tmp_path / "bad.csv"
     bad_csv.write_text("source,question,answer,rating\nx,123,456,0\n")
     (tmp_path / "junk.pt").write_text("not a checkpoint")
-    for args, needle in [
-        (("--ckpt", ckpt, "--tau", "1.5"), "--tau 1.5: must lie in [0, 1]"),
-        (("--ckpt", str(tmp_path / "missing.pt")), "no such checkpoint"),
-        (("--ckpt", str(tmp_path / "junk.pt")), "not a readable checkpoint"),
-        (("--ckpt", ckpt, "--data", str(bad_csv)), "bad.csv:2: question has 3 characters"),
-    ]:
-        r = run_cli("sample.py", *args)
-        assert r.returncode == 2, (args, r.stderr)
-        assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    cases = [
+        (["--ckpt", ckpt, "--tau", "1.5"], "--tau 1.5: must lie in [0, 1]"),
+        (["--ckpt", str(tmp_path / "missing.pt")], "no such checkpoint"),
+        (["--ckpt", str(tmp_path / "junk.pt")], "not a readable checkpoint"),
+        (["--ckpt", ckpt, "--data", str(bad_csv)], "bad.csv:2: question has 3 characters"),
+    ]
+    for args, needle in cases:
+        with pytest.raises(UserError) as e:
+            sample.main(args)
+        assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
+    r = run_cli("sample.py", *cases[3][0])
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: ") and cases[3][1] in lines[0]
 
 
-def test_compared_checkpoints_of_one_method_stay_apart(tmp_path):
+def test_compared_checkpoints_of_one_method_stay_apart(tmp_path, tiny_ckpt):
     """Two runs of the same method (issue 19): distinct labels naming run and step, one line each
     in the figure, a step column in the table."""
     import matplotlib.pyplot as plt
     import sample
-    train(tmp_path / "relay_a", iters=3)
     train(tmp_path / "relay_b", iters=6)
-    rows = sample.main(["--ckpt", str(tmp_path / "relay_a" / "ckpt.pt"),
+    rows = sample.main(["--ckpt", str(tiny_ckpt),
                         str(tmp_path / "relay_b" / "ckpt.pt"), "--data", SAMPLE_CSV, "--limit", "4",
                         "--sweep", "--out", str(tmp_path / "cmp")])
     labels = list(dict.fromkeys(r["label"] for r in rows))
@@ -125,24 +140,25 @@ def test_compared_checkpoints_of_one_method_stay_apart(tmp_path):
     assert sample.run_names(["a/ckpt.pt", "a/ckpt.pt"])[1].endswith("a #2")
 
 
-def test_incompatible_checkpoint_is_refused(tmp_path):
-    train(tmp_path, iters=3)
+def test_incompatible_checkpoint_is_refused(tmp_path, tiny_ckpt):
+    import sample
+    shutil.copyfile(tiny_ckpt, tmp_path / "ckpt.pt")
     ck = torch.load(tmp_path / "ckpt.pt", weights_only=False)
     ck["model_config"]["n_embd"] = 48           # the weights no longer fit the config
     torch.save(ck, tmp_path / "bad.pt")
-    r = run_cli("sample.py", "--ckpt", str(tmp_path / "bad.pt"), "--data", SAMPLE_CSV)
-    assert r.returncode == 2 and "incompatible checkpoint" in r.stderr
+    with pytest.raises(UserError, match="incompatible checkpoint"):
+        sample.main(["--ckpt", str(tmp_path / "bad.pt"), "--data", SAMPLE_CSV])
     # resuming with another architecture is refused, and the checkpoint is left as it was
     before = (tmp_path / "ckpt.pt").read_bytes()
-    r = run_cli("train_sudoku.py", "--size", "cpu", "--data", SAMPLE_CSV, "--resume",
-                "--out-dir", str(tmp_path), "--max-iters", "4", "--no-progress")
-    assert r.returncode == 2 and "differs from this run's" in r.stderr
+    with pytest.raises(UserError, match="differs from this run's"):
+        train_sudoku.main(["--size", "cpu", "--data", SAMPLE_CSV, "--resume", "--out-dir",
+                           str(tmp_path), "--max-iters", "4", "--no-progress"])
     assert (tmp_path / "ckpt.pt").read_bytes() == before
 
 
-def test_show_prints_trajectories(tmp_path):
-    train(tmp_path, iters=3)
-    r = run_cli("sample.py", "--ckpt", str(tmp_path / "ckpt.pt"), "--data", SAMPLE_CSV,
-                "--limit", "2", "--show", "1", "--tau", "0.3")
-    assert r.returncode == 0, r.stderr
-    assert "puzzle 0:" in r.stdout and "pass 1: revealed" in r.stdout and "*" in r.stdout
+def test_show_prints_trajectories(tiny_ckpt, capsys):
+    import sample
+    sample.main(["--ckpt", str(tiny_ckpt), "--data", SAMPLE_CSV, "--limit", "2", "--show", "1",
+                 "--tau", "0.3"])
+    out = capsys.readouterr().out
+    assert "puzzle 0:" in out and "pass 1: revealed" in out and "*" in out
