@@ -91,35 +91,49 @@ def solve(board, limit=2, rng=None):
 
 
 def solvable_by_singles(board):
-    """True if naked and hidden singles alone fill the board (no search, no advanced strategy)."""
+    """True if naked and hidden singles alone fill the board legally (no search, no advanced
+    strategy). One placement at a time, candidates recomputed after each, so a digit is never
+    placed twice in a unit; a cell with no candidate, or a digit with no cell left in a unit
+    that lacks it, means the clues contradict each other: False."""
     cells = [int(v) for v in board]
     while 0 in cells:
-        progress = False
-        cand = [0] * N_CELLS
-        for i in range(N_CELLS):
-            if cells[i] == 0:
-                used = 0
-                for u in (UNITS[ROW[i]], UNITS[9 + COL[i]], UNITS[18 + BOX[i]]):
-                    for j in u:
-                        if cells[j]:
-                            used |= 1 << (cells[j] - 1)
-                cand[i] = ALL & ~used
-                if cand[i] == 0:
-                    return False
-                if cand[i] & (cand[i] - 1) == 0:  # naked single
-                    cells[i] = cand[i].bit_length()
-                    progress = True
-        if progress:
-            continue
-        for u in UNITS:  # hidden single: a digit with one possible cell in a unit
-            for d in range(9):
-                spots = [i for i in u if cells[i] == 0 and cand[i] >> d & 1]
-                if len(spots) == 1:
-                    cells[spots[0]] = d + 1
-                    progress = True
-        if not progress:
+        cand = _candidates(cells)
+        if any(cells[i] == 0 and cand[i] == 0 for i in range(N_CELLS)):
             return False
-    return True
+        naked = next((i for i in range(N_CELLS) if cells[i] == 0 and cand[i] & (cand[i] - 1) == 0),
+                     None)
+        if naked is not None:
+            cells[naked] = cand[naked].bit_length()
+            continue
+        hidden = None
+        for u in UNITS:   # a digit missing from a unit with exactly one cell that can take it
+            present = {cells[j] for j in u}
+            for d in range(1, 10):
+                if d in present:
+                    continue
+                spots = [j for j in u if cells[j] == 0 and cand[j] >> (d - 1) & 1]
+                if not spots:
+                    return False
+                if len(spots) == 1 and hidden is None:
+                    hidden = (spots[0], d)
+        if hidden is None:
+            return False
+        cells[hidden[0]] = hidden[1]
+    return bool(legal(np.array(cells))[0])
+
+
+def _candidates(cells):
+    """Bitmask of the digits each blank cell can still take (0 for a filled cell)."""
+    cand = [0] * N_CELLS
+    for i in range(N_CELLS):
+        if cells[i] == 0:
+            used = 0
+            for u in (UNITS[ROW[i]], UNITS[9 + COL[i]], UNITS[18 + BOX[i]]):
+                for j in u:
+                    if cells[j]:
+                        used |= 1 << (cells[j] - 1)
+            cand[i] = ALL & ~used
+    return cand
 
 
 def legal(board):

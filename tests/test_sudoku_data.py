@@ -63,6 +63,74 @@ def test_solver_counts_match_tdoku_file():
             assert "".join(map(str, first)) == sol[0]
 
 
+def singles_reference(board, hidden=True):
+    """An independent singles solver on a (9, 9, 9) candidate array: every naked single (a cell
+    with one candidate) and, if hidden, every hidden single (a digit with one place in a row,
+    column or box) found in one state is placed at once; repeat until stuck. True if the board
+    ends full and legal."""
+    g = np.array(board, dtype=int).reshape(9, 9)
+    while (g == 0).any():
+        cand = np.ones((9, 9, 9), dtype=bool)                  # (row, col, digit-1)
+        for r in range(9):
+            for c in range(9):
+                if g[r, c]:
+                    d = g[r, c] - 1
+                    cand[r, c, :] = False
+                    cand[r, :, d] = cand[:, c, d] = False
+                    cand[r // 3 * 3:r // 3 * 3 + 3, c // 3 * 3:c // 3 * 3 + 3, d] = False
+        blank = g == 0
+        if (blank & ~cand.any(2)).any():
+            return False
+        place = {}
+        for r, c in zip(*np.nonzero(blank & (cand.sum(2) == 1))):
+            place[(r, c)] = int(np.argmax(cand[r, c])) + 1
+        if hidden:
+            for d in range(9):
+                for r in range(9):
+                    if cand[r, :, d].sum() == 1:
+                        place[(r, int(np.argmax(cand[r, :, d])))] = d + 1
+                for c in range(9):
+                    if cand[:, c, d].sum() == 1:
+                        place[(int(np.argmax(cand[:, c, d])), c)] = d + 1
+                for b in range(9):
+                    box = cand[b // 3 * 3:b // 3 * 3 + 3, b % 3 * 3:b % 3 * 3 + 3, d]
+                    if box.sum() == 1:
+                        i = int(np.argmax(box))
+                        place[(b // 3 * 3 + i // 3, b % 3 * 3 + i % 3)] = d + 1
+        if not place:
+            return False
+        for (r, c), d in place.items():
+            g[r, c] = d
+    return bool(sudoku.legal(g.reshape(1, 81))[0])
+
+
+def test_singles_agree_with_an_independent_solver():
+    rng = random.Random(11)
+    boards = [sudoku.generate_puzzle(rng, rng.randint(26, 30))[0] for _ in range(120)]
+    ours = [sudoku.solvable_by_singles(b) for b in boards]
+    assert ours == [singles_reference(b) for b in boards]
+    assert 0 < sum(ours) < len(ours)                          # both kinds occur at 26-30 clues
+    naked_only = [singles_reference(b, hidden=False) for b in boards]
+    assert sum(ours) > sum(naked_only)                        # hidden singles do matter here
+
+
+def test_singles_on_hand_made_boards():
+    solution = [int(ch) for ch in GOOD_A]
+    one_blank = list(solution)
+    one_blank[40] = 0
+    assert sudoku.solvable_by_singles(one_blank)
+    assert not sudoku.solvable_by_singles([0] * 81)           # nothing is forced on an empty board
+    clash = [0] * 81
+    clash[0] = clash[1] = 5                                   # two 5s in the first row
+    assert not sudoku.solvable_by_singles(clash)
+    # a row missing only the digits 1 and 2, where column clues force where each goes
+    row_puzzle = list(solution)
+    for i in range(9):
+        if row_puzzle[i] in (1, 2):
+            row_puzzle[i] = 0
+    assert sudoku.solvable_by_singles(row_puzzle) and singles_reference(row_puzzle)
+
+
 def test_singles_flag():
     rng = random.Random(5)
     easy, _ = sudoku.generate_puzzle(rng, 36, singles=True)
