@@ -8,7 +8,10 @@ written out line by line, and the three baselines of its Table 1.
 
 Methods (METHOD.md section 3): mlm = uniform-rate masking, one pass; rollout = K teacher-forced
 unmasking steps, no relay; relay_sg = rollout carrying R(h.detach()); relay = rollout with full
-BPTT through h inside the K-step window.
+BPTT through h inside the K-step window; loopholing = MLM masks with self-conditioning on the
+model's own detached state (Jo et al., arXiv 2510.19304), decoded like relay.
+
+    python train_sudoku.py --method relay --init-from out/sudoku_mlm_tied/ckpt.pt   # fine-tune
 """
 import argparse
 import copy
@@ -33,13 +36,17 @@ PRESETS = {
     # METHOD.md section 3, the authors' settings: xtiny model, Sudoku-Extreme, batch 512, 300k steps
     "paper": dict(size="paper", data="extreme", batch_size=512, lr=5e-4, warmup=2000,
                   weight_decay=0.01, grad_clip=0.5, max_iters=300_000, max_minutes=0,
-                  eval_interval=5000, eval_n=2000, ckpt_interval=5000, log_interval=100),
+                  eval_interval=5000, eval_n=2000, ckpt_interval=5000, log_interval=100,
+                  augment=False),
     # a 2-core CPU in about 15 minutes, generated puzzles (Departures in the README)
     "cpu": dict(size="cpu", data="builtin", batch_size=64, lr=1e-3, warmup=100,
                 weight_decay=0.01, grad_clip=0.5, max_iters=1200, max_minutes=13.0,
-                eval_interval=250, eval_n=256, ckpt_interval=250, log_interval=50),
+                eval_interval=250, eval_n=256, ckpt_interval=250, log_interval=50,
+                augment=True),
 }
-METHODS = ("mlm", "rollout", "relay_sg", "relay")
+METHODS = ("mlm", "rollout", "relay_sg", "relay", "loopholing")
+ROLLOUT_METHODS = ("rollout", "relay_sg", "relay")    # Algorithm 1 over the streaming buffer
+RELAY_METHODS = ("relay_sg", "relay", "loopholing")   # the model has R and decodes carrying h
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
 g = p.add_argument_group("method")
@@ -47,6 +54,12 @@ g.add_argument("--method", default="relay", choices=METHODS, help="Table 1 row (
 g.add_argument("--K", type=int, default=2, help="rollout steps per update (truncated BPTT window)")
 g.add_argument("--tau-train", type=float, default=0.15, help="training tau mean (METHOD.md 3)")
 g.add_argument("--tau-jitter", type=float, default=0.1, help="training tau std, redrawn per step")
+g.add_argument("--self-cond", type=float, default=0.5,
+               help="loopholing: probability that a board's graded pass reads the state of a first,\n"
+                    "gradient-free pass (Jo et al. use 0.5-0.9)")
+g.add_argument("--init-from", default=None, metavar="CKPT",
+               help="start from this checkpoint's EMA weights, optimizer fresh (a model without R\n"
+                    "gets R with weight and bias zero: it starts equal to the source)")
 g = p.add_argument_group("model")
 tie = g.add_mutually_exclusive_group()
 tie.add_argument("--tied", dest="tied", action="store_true", default=True,
@@ -71,8 +84,11 @@ g.add_argument("--n-val", type=int, default=BUILTIN["n_val"], help="builtin: val
 g.add_argument("--n-test", type=int, default=BUILTIN["n_test"],
                help="builtin: test puzzles (sample.py)")
 g.add_argument("--data-seed", type=int, default=BUILTIN["seed"], help="builtin: generator seed")
-g.add_argument("--no-augment", dest="augment", action="store_false",
-               help="turn off the symmetry augmentation (METHOD.md 6)")
+aug = g.add_mutually_exclusive_group()
+aug.add_argument("--augment", dest="augment", action="store_true", default=None,
+                 help="random symmetry per training puzzle (METHOD.md 6; cpu preset: on)")
+aug.add_argument("--no-augment", dest="augment", action="store_false",
+                 help="no augmentation (paper preset: off, as the authors trained)")
 g = p.add_argument_group("optimisation")
 g.add_argument("--batch-size", type=int, default=None, help="boards in the buffer, per rank")
 g.add_argument("--warmup", type=int, default=None, help="linear warm-up steps, then constant")
@@ -94,6 +110,8 @@ def resolve_args(argv=None):
         args.out_dir = f"out/sudoku_{args.method}_{'tied' if args.tied else 'untied'}"
     if args.K < 1:
         raise UsageError(f"--K {args.K}: need at least one rollout step")
+    if not 0.0 <= args.self_cond <= 1.0:
+        raise UsageError(f"--self-cond {args.self_cond}: a probability, in [0, 1]")
     return args
 
 
@@ -180,6 +198,58 @@ def mlm_loss(model, stream, B, rng, device, autocast):
     return masked_ce(logits, x0, masked)
 
 
+def loopholing_loss(model, stream, B, rng, device, autocast, p_self_cond):
+    """The Loopholing baseline (Jo et al., arXiv 2510.19304), in this model: MLM's masks, and
+    self-conditioning instead of a rollout. Each board, with probability p_self_cond, first gets
+    a gradient-free pass with h = 0 on the same z; its graded pass then reads that pass's state
+    (detached). The other boards' graded pass reads h = 0, as a decode's first pass does. Unlike
+    relay, no unmasking step separates the two passes and no gradient flows through h."""
+    q, a = stream.next(B)
+    x0 = encode(a).to(device)
+    blank = torch.from_numpy(q == 0).to(device)
+    t = torch.from_numpy(rng.random((B, 1))).to(device)
+    masked = blank & (torch.from_numpy(rng.random((B, N_CELLS))).to(device) < t)
+    self_cond = torch.from_numpy(rng.random(B) < p_self_cond).to(device)           # (B,)
+    z = torch.where(masked, MASK_ID, x0)
+    h = torch.zeros(B, N_CELLS, model_width(model), device=device)
+    if self_cond.any():
+        with torch.no_grad(), autocast:
+            _, h_first = model(z[self_cond], h[self_cond])
+        h[self_cond] = h_first.float()
+    with autocast:
+        logits, _ = model(z, h)
+    return masked_ce(logits, x0, masked)
+
+
+def model_width(model):
+    return (model.module if hasattr(model, "module") else model).cfg.n_embd
+
+
+def init_from_checkpoint(model, path, device):
+    """Load `path`'s EMA weights into `model` (the fine-tune protocol). The architectures must
+    agree except for R: a source without R leaves R with weight and bias zero, so R(h) = 0 and
+    the model computes exactly what the source did; R of a source is dropped by a model without
+    one. Returns the source's step."""
+    if not os.path.exists(path):
+        raise DataError(f"{path}: --init-from names no checkpoint")
+    ck = torch.load(path, map_location=device, weights_only=False)
+    src = {k: v for k, v in ck["model_config"].items() if k != "relay"}
+    own = {k: v for k, v in model.cfg.to_dict().items() if k != "relay"}
+    if src != own:
+        raise DataError(f"{path}: its model {src} differs from this run's {own} (other than R)")
+    state = {k: v for k, v in ck["ema"].items() if not k.startswith("relay.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.startswith("relay.") for k in missing), (missing, unexpected)
+    if model.relay is not None:
+        if ck["model_config"]["relay"]:
+            model.relay.load_state_dict({k[len("relay."):]: v for k, v in ck["ema"].items()
+                                         if k.startswith("relay.")})
+        else:
+            torch.nn.init.zeros_(model.relay.norm.weight)
+            torch.nn.init.zeros_(model.relay.norm.bias)
+    return ck["step"]
+
+
 # -----------------------------------------------------------------------------
 
 def main(argv=None):
@@ -202,11 +272,15 @@ def main(argv=None):
     stream = PuzzleStream(train_q, train_a, args.augment, rng)
 
     # model, its EMA (evaluated and sampled, METHOD.md 3), optimizer, buffer
-    use_relay = args.method in ("relay", "relay_sg")
+    use_relay = args.method in ("relay", "relay_sg")     # the rollout carries h
     stop_grad = args.method == "relay_sg"     # the relay_sg ablation: h.detach() before R
-    cfg = dict(SIZES[args.size], tied=args.tied, relay=use_relay,
+    cfg = dict(SIZES[args.size], tied=args.tied, relay=args.method in RELAY_METHODS,
                pos=args.pos, dropout=args.dropout, relay_gain=args.relay_gain)
     model = build_model(cfg).to(device)
+    if args.init_from and not args.resume:
+        src_step = init_from_checkpoint(model, args.init_from, device)
+        if master:
+            print(f"initialised from {args.init_from} (EMA weights at step {src_step})")
     ema = copy.deepcopy(model).eval()
     for q_ in ema.parameters():
         q_.requires_grad_(False)
@@ -305,13 +379,16 @@ def main(argv=None):
         lr = set_lr(opt, lr_at(step))
         if args.method == "mlm":
             loss = mlm_loss(model, stream, args.batch_size, rng, device, autocast)
+        elif args.method == "loopholing":
+            loss = loopholing_loss(model, stream, args.batch_size, rng, device, autocast,
+                                   args.self_cond)
         else:
             buffer.refill(stream)                                            # Alg. 1 lines 2-3
             loss, z, h = rollout_loss(model, buffer, args.K, tau_draw, use_relay=use_relay,
                                       stop_grad=stop_grad, autocast=autocast)
         loss.backward()                                                      # BPTT over K steps
-        if args.method != "mlm":   # the window is truncated at K: the trajectory goes on next step
-            buffer.z, buffer.h = z, h.detach().float()
+        if args.method in ROLLOUT_METHODS:   # the window is truncated at K: the trajectory
+            buffer.z, buffer.h = z, h.detach().float()             # goes on at the next step
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
         opt.step()                                                           # line 10
         opt.zero_grad(set_to_none=True)

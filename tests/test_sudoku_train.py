@@ -1,4 +1,5 @@
 """Training (Algorithm 1 and the baselines), checkpoints and resume, and the command lines."""
+import contextlib
 import json
 import os
 import shutil
@@ -9,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+import model as model_lib
 import train_sudoku
 from common import UserError
+from data import sudoku
 from conftest import ROOT, SHARED
 
 SAMPLE_CSV = os.path.join(SHARED, "data", "sudoku_extreme_format_sample.csv")
@@ -23,7 +26,7 @@ def train(out_dir, *extra, method="relay", iters=6):
                    "--out-dir", str(out_dir), "--lr", "3e-3", "--warmup", "5", *extra])
 
 
-@pytest.mark.parametrize("method", ["mlm", "rollout", "relay_sg", "relay"])
+@pytest.mark.parametrize("method", train_sudoku.METHODS)
 def test_short_run_lowers_the_loss(tmp_path, method):
     r = train(tmp_path, method=method, iters=40)
     losses = np.array(r["losses"])
@@ -31,7 +34,7 @@ def test_short_run_lowers_the_loss(tmp_path, method):
     assert losses[-8:].mean() < 0.9 * losses[:4].mean()
     ck = torch.load(tmp_path / "ckpt.pt", weights_only=False)
     assert ck["step"] == 40 and ck["args"]["method"] == method
-    assert ck["model_config"]["relay"] == method.startswith("relay")
+    assert ck["model_config"]["relay"] == (method in train_sudoku.RELAY_METHODS)
     assert set(ck) >= {"model", "ema", "optimizer", "ranks", "args", "history"}
     assert set(ck["ranks"][0]) == {"buffer", "rng"}
 
@@ -162,3 +165,73 @@ def test_show_prints_trajectories(tiny_ckpt, capsys):
                  "--tau", "0.3"])
     out = capsys.readouterr().out
     assert "puzzle 0:" in out and "pass 1: revealed" in out and "*" in out
+
+
+# -----------------------------------------------------------------------------
+# the fine-tune protocol and the Loopholing baseline (issue 11)
+
+def test_init_from_an_mlm_checkpoint_starts_equal_to_it(tmp_path):
+    train(tmp_path / "mlm", method="mlm", iters=4)
+    src_ck = torch.load(tmp_path / "mlm" / "ckpt.pt", weights_only=False)
+    src = model_lib.build_model(src_ck["model_config"])
+    src.load_state_dict(src_ck["ema"])
+    cfg = dict(src_ck["model_config"], relay=True)
+    relay_model = model_lib.build_model(cfg)
+    train_sudoku.init_from_checkpoint(relay_model, str(tmp_path / "mlm" / "ckpt.pt"), "cpu")
+    assert (relay_model.relay.norm.weight == 0).all() and (relay_model.relay.norm.bias == 0).all()
+    g = torch.Generator().manual_seed(0)
+    z = torch.randint(0, 10, (5, 81), generator=g)
+    h = torch.randn(5, 81, cfg["n_embd"], generator=g) * 3
+    src.eval(), relay_model.eval()
+    with torch.no_grad():
+        want, _ = src(z)
+        got, _ = relay_model(z, h)             # any h: R(h) = 0, so exactly the source's logits
+    assert torch.equal(got, want)
+    # a relay source into a model without R: R is dropped, the rest loads
+    train(tmp_path / "relay", iters=2)
+    plain = model_lib.build_model(cfg | dict(relay=False))
+    train_sudoku.init_from_checkpoint(plain, str(tmp_path / "relay" / "ckpt.pt"), "cpu")
+    rck = torch.load(tmp_path / "relay" / "ckpt.pt", weights_only=False)
+    assert torch.equal(plain.wte.weight, rck["ema"]["wte.weight"])
+    # another architecture is refused with one line
+    wide = model_lib.build_model(cfg | dict(n_embd=48, n_head=2))
+    with pytest.raises(UserError, match="differs from this run's"):
+        train_sudoku.init_from_checkpoint(wide, str(tmp_path / "mlm" / "ckpt.pt"), "cpu")
+    # the command line: a fine-tuned relay run from the MLM checkpoint
+    r = train(tmp_path / "ft", "--init-from", str(tmp_path / "mlm" / "ckpt.pt"), iters=3)
+    assert r["step"] == 3 and torch.load(tmp_path / "ft" / "ckpt.pt",
+                                         weights_only=False)["args"]["init_from"]
+
+
+def test_loopholing_reads_the_state_of_a_gradient_free_first_pass():
+    """With --self-cond 1 every board gets a first pass (no grad, h = 0) and the graded pass
+    reads its state; with 0 one graded pass with h = 0. Recorded by wrapping the model."""
+    cfg = dict(model_lib.SIZES["tiny"], tied=True, relay=True)
+    base = model_lib.build_model(cfg)
+    calls = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner, self.cfg = base, base.cfg
+
+        def forward(self, z, h=None, stop_grad=False):
+            logits, h_new = self.inner(z, h)
+            calls.append(dict(z=z.clone(), h=None if h is None else h.clone(),
+                              grad=torch.is_grad_enabled(), out=h_new.detach().clone()))
+            return logits, h_new
+
+    q, a = sudoku.read_csv(SAMPLE_CSV, limit=8)
+    for p, n_calls in ((1.0, 2), (0.0, 1)):
+        calls.clear()
+        stream = train_sudoku.PuzzleStream(q, a, False, np.random.default_rng(0))
+        loss = train_sudoku.loopholing_loss(Recorder(), stream, 8, np.random.default_rng(1),
+                                            "cpu", contextlib.nullcontext(), p)
+        assert len(calls) == n_calls and loss.requires_grad
+        if p == 1.0:
+            first, graded = calls
+            assert not first["grad"] and graded["grad"]
+            assert torch.equal(first["z"], graded["z"]) and (first["h"] == 0).all()
+            assert torch.equal(graded["h"], first["out"])       # the first pass's state, detached
+        else:
+            assert (calls[0]["h"] == 0).all()
