@@ -21,7 +21,8 @@ import torch
 from model import MASK_ID, build_model, encode, decode_ids
 from relay import unmask_budget
 from common import UsageError, atomic_write, autocast_for, resolve_device, run_main, save_figure
-from data.sudoku import DataError, cohort_labels, legal, load_boards, to_string
+from data.sudoku import (DataError, add_hints, cohort_labels, consistent, legal, load_boards,
+                         to_string)
 
 # train_sudoku.py's flag for each builtin_splits argument (saved in every checkpoint's args)
 BUILTIN_ARGS = dict(n_train="n_train", n_val="n_val", n_test="n_test", clues="clues",
@@ -90,6 +91,22 @@ def score(boards, solutions, puzzles, nfe):
         cell_acc=float(((boards == solutions) & blank).sum() / max(blank.sum(), 1)),
         nfe=float(nfe.mean()),
     )
+
+
+def pass_curves(trajs, solutions, n_passes=None):
+    """After each pass p = 1, 2, ...: the fraction of boards whose committed cells are all
+    correct, the fraction whose committed cells break no rule (blanks allowed), and the mean
+    fraction of cells filled; a finished board keeps its final state. The meaningful version of
+    the paper's "commits more cells per pass while keeping the partial board legal"."""
+    n_passes = n_passes or max(len(t) - 1 for t in trajs)
+    out = dict(correct=[], consistent=[], filled=[])
+    for p in range(1, n_passes + 1):
+        boards = np.stack([t[min(p, len(t) - 1)] for t in trajs])          # (N, 81)
+        filled = boards != 0
+        out["correct"].append(float(((boards == solutions) | ~filled).all(1).mean()))
+        out["consistent"].append(float(consistent(boards).mean()))
+        out["filled"].append(float(filled.mean()))
+    return out
 
 
 def evaluate(model, puzzles, solutions, tau, batch_size=512, autocast=None):
@@ -227,6 +244,12 @@ def main(argv=None):
     p.add_argument("--data", default=None, help="'builtin' (the checkpoint's generated test split),"
                    " 'extreme' (hub), or a CSV path (default: the checkpoint's own --data)")
     p.add_argument("--limit", type=int, default=None, help="first N puzzles only")
+    p.add_argument("--hints", type=int, default=None, metavar="N",
+                   help="reveal solution cells at random (seed 0) until every puzzle has N clues:\n"
+                        "easier variants of hard puzzles, for difficulty bands")
+    p.add_argument("--per-pass", action="store_true",
+                   help="also the fraction of boards still all-correct / rule-consistent and the\n"
+                        "fraction filled after each pass (key per_pass of each row)")
     p.add_argument("--batch-size", type=int, default=512, help="puzzles decoded together")
     p.add_argument("--raw", action="store_true", help="use the raw weights, not the EMA")
     p.add_argument("--no-relay", dest="relay", action="store_false",
@@ -268,6 +291,10 @@ def evaluate_checkpoint(ckpt_path, taus, args, device, name):
     builtin = {k: targs[a] for k, a in BUILTIN_ARGS.items() if a in targs}
     builtin["verbose"] = not args.json
     puzzles, solutions = load_boards(data, "test", limit=args.limit, **builtin)
+    if args.hints is not None:
+        if not 17 <= args.hints <= 80:
+            raise UsageError(f"--hints {args.hints}: need 17 <= N <= 80 clues")
+        puzzles = add_hints(puzzles, solutions, args.hints)
     autocast = autocast_for(device)
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     log(f"{ckpt_path}: {label} ({'raw' if args.raw else 'EMA'} weights), {len(puzzles)} puzzles "
@@ -287,10 +314,15 @@ def evaluate_checkpoint(ckpt_path, taus, args, device, name):
     rows = []
     for tau in taus:
         t0 = time.time()
-        boards, nfe, _ = solve_boards(model, puzzles, tau, args.batch_size, autocast=autocast,
-                                      use_relay=args.relay)
+        boards, nfe, trajs = solve_boards(model, puzzles, tau, args.batch_size,
+                                          record=args.per_pass, autocast=autocast,
+                                          use_relay=args.relay)
         row = dict(label=label, ckpt=ckpt_path, step=ckpt.get("step"), tau=tau,
                    **score(boards, solutions, puzzles, nfe), wall_s=time.time() - t0)
+        if args.hints is not None:
+            row["hints"] = args.hints
+        if args.per_pass:
+            row["per_pass"] = pass_curves(trajs, solutions)
         for name, sel in (cohorts or {}).items():
             if sel.any():
                 row[name] = score(boards[sel], solutions[sel], puzzles[sel], nfe[sel])

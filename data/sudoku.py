@@ -136,6 +136,17 @@ def _candidates(cells):
     return cand
 
 
+def consistent(board):
+    """Per board: no row, column or box repeats a digit among the filled cells (blanks allowed;
+    the partial-board version of `legal`). board: (N, 81) -> (N,) bool."""
+    b = np.asarray(board).reshape(-1, N_CELLS)
+    onehot = b[:, :, None] == np.arange(1, 10)[None, None, :]          # (N, 81, 9)
+    ok = np.ones(len(b), dtype=bool)
+    for u in UNITS:
+        ok &= (onehot[:, u].sum(1) <= 1).all(1)
+    return ok
+
+
 def legal(board):
     """Per board: filled and no row, column or box repeats a digit (METHOD.md 5 'legal rate').
     board: (N, 81) array -> (N,) bool."""
@@ -358,6 +369,21 @@ def load_boards(spec, split, limit=None, **builtin_kwargs):
     else:
         path, skip = spec, 0
     return read_csv(path, limit=limit, skip=skip)
+
+
+def add_hints(puzzles, solutions, n_clues, seed=0):
+    """Hinted variants of hard puzzles: reveal solution digits at random blank cells until each
+    puzzle has n_clues clues (a puzzle that has as many already is kept). The solution stays the
+    same and unique. Seeded, so a file and n_clues always give the same boards."""
+    rng = np.random.default_rng(seed)
+    q = np.array(puzzles, copy=True)
+    for i in range(len(q)):
+        blanks = np.flatnonzero(q[i] == 0)
+        need = n_clues - (N_CELLS - len(blanks))
+        if need > 0:
+            pick = rng.choice(blanks, size=need, replace=False)
+            q[i, pick] = solutions[i, pick]
+    return q
 
 
 # -----------------------------------------------------------------------------

@@ -249,3 +249,41 @@ def test_cohort_labels():
     easy, _ = sudoku.generate_puzzle(rng, 40, singles=True)
     labels = sudoku.cohort_labels(np.array([easy], dtype=np.uint8))
     assert labels["no_brute_force"][0] and not labels["deduction_only"][0]
+
+
+def test_hints_reveal_solution_cells_up_to_n_clues():
+    q, a = sudoku.read_csv(SAMPLE_CSV, limit=20)
+    h = sudoku.add_hints(q, a, 40)
+    assert ((h != 0).sum(1) == np.maximum(40, (q != 0).sum(1))).all()
+    assert ((h == 0) | (h == a)).all() and (h[q != 0] == q[q != 0]).all()   # clues kept
+    assert np.array_equal(h, sudoku.add_hints(q, a, 40))                       # seeded
+    assert np.array_equal(sudoku.add_hints(q, a, 17), q)                       # none to add
+
+
+def test_consistent_allows_blanks_but_no_repeat():
+    solution = np.array([int(ch) for ch in GOOD_A])
+    empty = np.zeros(81, dtype=int)
+    row_clash, box_clash = empty.copy(), empty.copy()
+    row_clash[[0, 8]] = 5
+    box_clash[[0, 10]] = 5                     # cells (0, 0) and (1, 1): same box, other row/col
+    assert list(sudoku.consistent(np.stack([empty, solution, row_clash, box_clash]))) == \
+        [True, True, False, False]
+    col_swap = solution.copy()
+    col_swap[[0, 9]] = col_swap[[9, 0]]         # swapped within a column: rows now repeat
+    assert not sudoku.consistent(col_swap[None])[0] and not sudoku.legal(col_swap[None])[0]
+
+
+def test_pass_curves_on_a_hand_made_trajectory():
+    from sample import pass_curves
+    solution = np.array([int(ch) for ch in GOOD_A])
+    start = solution.copy()
+    start[:10] = 0
+    p1 = start.copy()
+    p1[:5] = solution[:5]                      # pass 1: five correct cells
+    wrong = p1.copy()
+    wrong[5] = solution[6]                      # pass 2: a wrong digit that repeats in row 1
+    done = solution.copy()
+    # board A: correct, then wrong; board B: finishes in one pass and stays
+    curves = pass_curves([[start, p1, wrong], [start, done]], solution[None].repeat(2, 0))
+    assert curves["correct"] == [1.0, 0.5] and curves["consistent"] == [1.0, 0.5]
+    assert curves["filled"][0] == ((76 / 81) + 1.0) / 2
