@@ -25,6 +25,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -37,10 +38,14 @@ from common import UsageError, atomic_write, run_main, save_figure
 from sample import SWEEP_TAUS
 
 HERE = os.path.dirname(os.path.abspath(__file__))   # train_sudoku.py and sample.py sit beside us
-METHODS = ("mlm", "rollout", "relay_sg", "relay")
-NAMES = {"mlm": "MLM", "rollout": "Rollout", "relay_sg": "Relay (sg)", "relay": "Relay"}
-COLORS = {"mlm": "tab:gray", "rollout": "tab:blue", "relay_sg": "tab:orange", "relay": "tab:red"}
-COST = {"mlm": 3, "rollout": 5, "relay_sg": 5, "relay": 5}   # rough relative run time: longest first
+METHODS = train_sudoku.METHODS          # the paper's four, then loopholing (Jo et al.)
+TABLE1_METHODS = METHODS[:4]            # the default: the paper's Table 1 rows
+NAMES = {"mlm": "MLM", "rollout": "Rollout", "relay_sg": "Relay (sg)", "relay": "Relay",
+         "loopholing": "Loopholing"}
+COLORS = {"mlm": "tab:gray", "rollout": "tab:blue", "relay_sg": "tab:orange", "relay": "tab:red",
+          "loopholing": "tab:green"}
+COST = {"mlm": 3, "rollout": 5, "relay_sg": 5, "relay": 5, "loopholing": 4}   # longest first
+HINT_BANDS = (45, 40, 35, 30, 0)        # clues of the hinted real puzzles; 0 = the originals
 TABLE_TAU = 0.15
 # METHOD.md 8, the paper's Table 1 (Sudoku-Extreme, tau 0.15, tied): acc %, NFE, deduction-only acc, NFE
 PAPER = {"mlm": (20.3, 13.8, 32.2, 9.3), "rollout": (38.7, 12.5, 52.9, 10.5),
@@ -68,8 +73,16 @@ PRESETS = {
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
 p.add_argument("--preset", default="cpu", choices=list(PRESETS),
                help="train_sudoku.py settings and evaluation of every run (see PRESETS)")
-p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
-               help="Table 1 rows to train (default: all four)")
+p.add_argument("--methods", nargs="+", default=list(TABLE1_METHODS), choices=METHODS,
+               help="methods to train (default: the paper's four; loopholing is the fifth)")
+p.add_argument("--protocol", default="scratch", choices=["scratch", "finetune"],
+               help="scratch: every method from random weights; finetune: one MLM base run per\n"
+                    "seed and tie (--base-steps), then every method continued from its EMA weights")
+p.add_argument("--base-steps", type=int, default=None,
+               help="finetune: steps of the MLM base run (default: the preset's steps)")
+p.add_argument("--real-data", default=None, metavar="CSV",
+               help="also evaluate every run on these Sudoku-Extreme-format puzzles, hinted to\n"
+                    f"each of {HINT_BANDS[:-1]} clues and as they are ('extreme': the hub's)")
 p.add_argument("--ties", nargs="+", default=None, choices=["tied", "untied"],
                help="output layer tied to the embedding or not (default: cpu tied, paper both)")
 p.add_argument("--seeds", nargs="+", type=int, default=[1, 2], help="one run per seed")
@@ -108,18 +121,32 @@ class Study:
     runs_dir: str
     results_dir: str
     argv: list              # this invocation's command line, for the report
+    protocol: str = "scratch"
+    base_steps: int = 0     # finetune: steps of the MLM base runs
+    self_cond: float = 0.5  # loopholing's self-conditioning rate (its forward passes per step)
+    real_data: str = None   # CSV of hard puzzles for the difficulty bands, or None
     invocations: list = field(default_factory=list)   # every invocation so far (commit, wall_s)
 
 
+def passes_per_step(method, study):
+    """Forward passes per optimizer step: K for the rollouts, 1 for MLM, 1 + the expected share
+    of self-conditioned boards for loopholing (its first pass has no backward)."""
+    return {"mlm": 1, "loopholing": 1 + study.self_cond}.get(method, study.K)
+
+
 class Run:
-    def __init__(self, method, tie, seed, study):
+    def __init__(self, method, tie, seed, study, base=None):
         self.method, self.tie, self.seed = method, tie, seed
-        self.name = f"{method}_{tie}_s{seed}"
+        self.base = base                                     # finetune: the MLM base Run
+        self.name = f"{method}_base_{tie}_s{seed}" if base is None and study.protocol == \
+            "finetune" else f"{method}_{tie}_s{seed}"
         self.dir = os.path.join(study.runs_dir, self.name)
-        self.k = 1 if method == "mlm" else study.K          # forward passes per optimizer step
-        self.steps = study.steps
-        self.matched_steps = study.steps // self.k if self.k > 1 else None
-        self.train_argv = (PRESETS[study.preset]["train"] + study.train_argv +
+        self.k = passes_per_step(method, study)
+        is_base = study.protocol == "finetune" and base is None
+        self.steps = study.base_steps if is_base else study.steps
+        self.matched_steps = round(self.steps / self.k) if self.k != 1 and not is_base else None
+        init = ["--init-from", base.ckpt] if base is not None else []
+        self.train_argv = (PRESETS[study.preset]["train"] + study.train_argv + init +
                            ["--method", method, f"--{tie}", "--seed", str(seed),
                             "--K", str(study.K), "--out-dir", self.dir, "--no-progress"])
         self.sample_argv = PRESETS[study.preset]["sample"]
@@ -143,15 +170,17 @@ def run_logged(cmd, log_path, env):
         raise RuntimeError(f"{' '.join(cmd[:6])} ... failed (exit {r.returncode}); see {log_path}")
 
 
-def evaluate_to(path_out, ckpt, taus, sample_argv, env, log_path):
-    """sample.py --json on ckpt; its rows are kept in path_out (skipped if already there)."""
+def evaluate_to(path_out, ckpt, taus, sample_argv, env, log_path, cohorts=True):
+    """sample.py --json on ckpt; its rows are kept in path_out (skipped if already there).
+    cohorts: label the deduction-only cohorts too (quick on generated puzzles, very slow on
+    Sudoku-Extreme's, so off for those)."""
     step = ckpt_step(ckpt)
     if os.path.exists(path_out):
         rows = [json.loads(l) for l in open(path_out)]
         if rows and all(r["step"] == step for r in rows) and [r["tau"] for r in rows] == list(taus):
             return rows
-    cmd = [sys.executable, os.path.join(HERE, "sample.py"), "--ckpt", ckpt, "--json", "--cohorts",
-           *sample_argv]
+    cmd = [sys.executable, os.path.join(HERE, "sample.py"), "--ckpt", ckpt, "--json",
+           *(["--cohorts"] if cohorts else []), *sample_argv]
     cmd += ["--sweep"] if len(taus) > 1 else ["--tau", str(taus[0])]
     if len(taus) > 1:
         cmd += ["--out", os.path.join(os.path.dirname(ckpt), "sweep")]
@@ -169,6 +198,10 @@ def evaluate_to(path_out, ckpt, taus, sample_argv, env, log_path):
 def do_run(run, study, env):
     """Train to the full step count (via the matched point for K-pass methods), then evaluate.
     Every leg is a train_sudoku.py process; an existing checkpoint is resumed, never redone."""
+    if run.base is not None:                 # finetune: the base run first (shared, so locked)
+        with BASE_LOCKS.setdefault(run.base.name, threading.Lock()):
+            if ckpt_step(run.base.ckpt) < run.base.steps:
+                do_run(run.base, study, env)
     os.makedirs(run.dir, exist_ok=True)
     log_path = os.path.join(run.dir, "train.log")
     t0 = time.time()
@@ -191,10 +224,20 @@ def do_run(run, study, env):
     if run.matched_steps:
         evaluate_to(os.path.join(run.dir, "matched.jsonl"), run.matched, (TABLE_TAU,),
                     run.sample_argv, env, log_path)
-    if run.method.startswith("relay"):   # ablation: the same weights with h = 0 at every pass
+    if run.method in train_sudoku.RELAY_METHODS:   # ablation: the same weights, h = 0 every pass
         evaluate_to(os.path.join(run.dir, "no_relay.jsonl"), run.ckpt, (TABLE_TAU,),
                     run.sample_argv + ["--no-relay"], env, log_path)
+    evaluate_to(os.path.join(run.dir, "passes.jsonl"), run.ckpt, (TABLE_TAU,),
+                run.sample_argv + ["--per-pass"], env, log_path, cohorts=False)
+    if study.real_data:                      # hard real puzzles, hinted into difficulty bands
+        for n in HINT_BANDS:
+            hints = ["--hints", str(n)] if n else []
+            evaluate_to(os.path.join(run.dir, f"real_h{n}.jsonl"), run.ckpt, (TABLE_TAU,),
+                        ["--data", study.real_data, *hints], env, log_path, cohorts=False)
     return time.time() - t0
+
+
+BASE_LOCKS = {}   # finetune: one lock per base run, so two methods never train it at once
 
 
 def launcher(study):
@@ -221,8 +264,15 @@ def load_run(run):
     return dict(run=run, step=ck["step"], wall_s=ck["elapsed_s"], batch=ck["args"]["batch_size"],
                 eval_n=ck["args"]["eval_n"],
                 sweep=[json.loads(l) for l in open(sweep)], matched=first_row("matched.jsonl"),
-                no_relay=first_row("no_relay.jsonl"),
+                no_relay=first_row("no_relay.jsonl"), passes=first_row("passes.jsonl"),
+                real={n: first_row(f"real_h{n}.jsonl") for n in HINT_BANDS},
                 history=hist, params=sum(v.numel() for k, v in ck["model"].items()))
+
+
+def n_passes(steps, k):
+    """Forward passes of `steps` optimizer steps at k per step, as an integer where it is one."""
+    v = steps * k
+    return f"{v:,.0f}" if float(v).is_integer() else f"{v:,.1f}"
 
 
 def ms(values, scale=1.0, fmt="{:.1f}"):
@@ -272,13 +322,18 @@ def write_report(groups, study, total_wall_s):
     keys = [(m, t) for t in study.ties for m in study.methods if groups.get((m, t))]
     lines = report_header(groups, keys, study, total_wall_s)
     for section in (section_equal_steps, section_cohorts, section_equal_passes, section_ablation,
-                    section_sweep, section_per_run):
+                    section_real_bands, section_passes, section_sweep, section_per_run):
         lines += section(groups, keys, study)
     md = "\n".join(lines) + "\n"
     atomic_write(os.path.join(study.results_dir, "table1.md"), md)
     n_test = groups[keys[0]][0]["sweep"][0]["n"]
-    plot_frontier(groups, keys, os.path.join(study.results_dir, "frontier.png"), study, n_test)
-    plot_curves(groups, keys, os.path.join(study.results_dir, "curves.png"), study)
+    out = study.results_dir
+    plot_frontier(groups, keys, os.path.join(out, "frontier.png"), study, n_test)
+    plot_curves(groups, keys, os.path.join(out, "curves.png"), study)
+    if all(groups[k][0]["passes"] for k in keys):
+        plot_passes(groups, keys, os.path.join(out, "legality.png"), study)
+    if ("mlm", keys[0][1]) in groups and len(keys) > 1:
+        plot_gap(groups, keys, os.path.join(out, "gap.png"), study)
     return md
 
 
@@ -303,6 +358,10 @@ def report_header(groups, keys, study, total_wall_s):
         f"{changed})" if changed else "") + f", batch {first['batch'] * study.nproc}, "
         f"K = {study.K}; {first['params'] / 1e6:.2f}M parameters; seeds "
         f"{', '.join(map(str, study.seeds))}",
+        *([f"- protocol finetune: every run continues the EMA weights of an MLM base run of "
+           f"{study.base_steps:,} steps (same seed and tie; optimizer fresh, R zero-initialised);"
+           f" steps and forward passes below count the continuation only"]
+          if study.protocol == "finetune" else []),
         f"- evaluation: EMA weights, {first['sweep'][0]['n']:,} held-out test puzzles, tau "
         f"{TABLE_TAU} unless said; mean ± sample std over seeds",
         f"- wall time, training and evaluation: {total_wall_s / 60:.1f} min over "
@@ -317,13 +376,14 @@ def section_equal_steps(groups, keys, study):
     for m, t in keys:
         g = groups[(m, t)]
         rs = [at_tau(x["sweep"], TABLE_TAU) for x in g]
-        paper = f"{PAPER[m][0]} / {PAPER[m][1]}" if t == "tied" else ""
+        paper = f"{PAPER[m][0]} / {PAPER[m][1]}" if t == "tied" and m in PAPER else ""
         out.append(f"| {NAMES[m]} | {t} | {len(g)} | {study.steps:,} | "
-                   f"{study.steps * g[0]['run'].k:,} | {ms([x['wall_s'] / 60 for x in g])} | "
+                   f"{n_passes(study.steps, g[0]['run'].k)} | {ms([x['wall_s'] / 60 for x in g])} | "
                    f"{ms([r['acc'] for r in rs], 100)} | {ms([r['nfe'] for r in rs], fmt='{:.2f}')}"
                    f" | {ms([r['legal'] for r in rs], 100)} | {ms([r['cell_acc'] for r in rs], 100)}"
                    f" | {paper} |")
-    return out + ["", "Forward passes = steps x K, each over a batch of boards; wall time includes "
+    return out + ["", "Forward passes = steps x passes per step (K; 1 for MLM; 1 + the "
+                  "self-conditioning rate for loopholing), each over a batch of boards; wall time includes "
                   "the periodic evaluations. The paper's column is Sudoku-Extreme at 300k steps "
                   f"(METHOD.md 8; legal boards there: Relay {PAPER_LEGAL['relay']} %, Relay (sg) "
                   f"{PAPER_LEGAL['relay_sg']} %).", ""]
@@ -344,7 +404,7 @@ def section_cohorts(groups, keys, study):
         for c in cohorts:
             cells += [str(rs[0][c]["n"]), ms([r[c]["acc"] for r in rs], 100),
                       ms([r[c]["nfe"] for r in rs], fmt="{:.2f}")]
-        paper = f"{PAPER[m][2]} / {PAPER[m][3]}" if t == "tied" else ""
+        paper = f"{PAPER[m][2]} / {PAPER[m][3]}" if t == "tied" and m in PAPER else ""
         out.append(f"| {NAMES[m]} | {t} | " + " | ".join(cells) + f" | {paper} |")
     return out + ["", "deduction_only: solved by the labeller without brute force and with at "
                   "least one advanced strategy (METHOD.md 6); no_brute_force: solved without "
@@ -355,8 +415,9 @@ def section_equal_passes(groups, keys, study):
     if not any(groups[k][0]["matched"] for k in keys):
         return []
     out = [f"## At equal forward passes, tau {TABLE_TAU}", "",
-           "Each K-pass method evaluated at steps / K, where it has made as many forward passes "
-           "as MLM at its end.", "",
+           "Each K-pass method evaluated at steps / K (loopholing: steps / (1 + its "
+           "self-conditioning rate)), where it has made as many forward passes as MLM at its end.",
+           "",
            "| method | output | steps | forward passes | acc % | NFE | legal % |",
            "|---|---|---|---|---|---|---|"]
     for m, t in keys:
@@ -367,7 +428,7 @@ def section_equal_passes(groups, keys, study):
         if not rs:
             continue
         steps = study.steps if run.k == 1 else run.matched_steps
-        out.append(f"| {NAMES[m]} | {t} | {steps:,} | {steps * run.k:,} | "
+        out.append(f"| {NAMES[m]} | {t} | {steps:,} | {n_passes(steps, run.k)} | "
                    f"{ms([r['acc'] for r in rs], 100)} | {ms([r['nfe'] for r in rs], fmt='{:.2f}')}"
                    f" | {ms([r['legal'] for r in rs], 100)} |")
     return out + [""]
@@ -387,6 +448,55 @@ def section_ablation(groups, keys, study):
         out.append(f"| {NAMES[m]} | {t} | {ms([r['acc'] for r in rs], 100)} | "
                    f"{ms([r['nfe'] for r in rs], fmt='{:.2f}')} | {ms([r['acc'] for r in zs], 100)}"
                    f" | {ms([r['nfe'] for r in zs], fmt='{:.2f}')} |")
+    return out + [""]
+
+
+def band_name(n):
+    return "originals" if n == 0 else f"{n} clues"
+
+
+def section_real_bands(groups, keys, study):
+    bands = [n for n in HINT_BANDS if all(x["real"][n] for k in keys for x in groups[k])]
+    if not bands:
+        return []
+    r0 = groups[keys[0]][0]["real"][bands[0]]
+    out = [f"## Real hard puzzles by difficulty band, tau {TABLE_TAU}", "",
+           f"{r0['n']} Sudoku-Extreme-format puzzles (`{os.path.basename(study.real_data or '')}`),"
+           f" hinted: solution cells revealed at random (seed 0) up to the band's clue count; "
+           f"`originals` as given. Exact match % / cell accuracy % / NFE.", "",
+           "| method | output | " + " | ".join(band_name(n) for n in bands) + " |",
+           "|---|---|" + "---|" * len(bands)]
+    for m, t in keys:
+        cells = []
+        for n in bands:
+            rs = [x["real"][n] for x in groups[(m, t)]]
+            cells.append(f"{ms([r['acc'] for r in rs], 100)} / {ms([r['cell_acc'] for r in rs], 100)}"
+                         f" / {ms([r['nfe'] for r in rs], fmt='{:.1f}')}")
+        out.append(f"| {NAMES[m]} | {t} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
+PASS_MARKS = (1, 2, 4, 8, 16)
+
+
+def section_passes(groups, keys, study):
+    if not all(groups[k][0]["passes"] for k in keys):
+        return []
+    out = [f"## The partial board after each pass (legality.png), tau {TABLE_TAU}", "",
+           "Fraction of test boards whose committed cells are all correct / break no rule "
+           "(blanks allowed), and the fraction of cells filled, after pass p. The paper's 74.8 % "
+           "\"fully legal boards\" (Relay) is this kind of count; a board that is full and "
+           "consistent here is solved.", "",
+           "| method | output | " + " | ".join(f"pass {p}: correct / consistent / filled"
+                                             for p in PASS_MARKS) + " |",
+           "|---|---|" + "---|" * len(PASS_MARKS)]
+    for m, t in keys:
+        cells = []
+        for p in PASS_MARKS:
+            vals = {c: [x["passes"]["per_pass"][c][min(p, len(x["passes"]["per_pass"][c])) - 1]
+                        for x in groups[(m, t)]] for c in ("correct", "consistent", "filled")}
+            cells.append(" / ".join(ms(vals[c], 100) for c in ("correct", "consistent", "filled")))
+        out.append(f"| {NAMES[m]} | {t} | " + " | ".join(cells) + " |")
     return out + [""]
 
 
@@ -487,6 +597,73 @@ def plot_curves(groups, keys, path, study):
     plt.close(fig)
 
 
+def plot_passes(groups, keys, path, study):
+    """Per pass: boards still all-correct (solid), rule-consistent (dashed), cells filled
+    (right panel); mean over seeds."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for m, t in keys:
+        g = groups[(m, t)]
+        n = min(len(x["passes"]["per_pass"]["correct"]) for x in g)
+        p = np.arange(1, n + 1)
+        for c, style, ax in (("correct", "-", axes[0]), ("consistent", "--", axes[0]),
+                             ("filled", "-", axes[1])):
+            v = 100 * np.mean([x["passes"]["per_pass"][c][:n] for x in g], 0)
+            ax.plot(p, v, style, color=COLORS[m], label=f"{NAMES[m]} {c}" if c != "filled"
+                    else NAMES[m], alpha=1.0 if t == "tied" else 0.6)
+    axes[0].set_ylabel("boards (%)")
+    axes[1].set_ylabel("cells filled (%)")
+    for ax in axes:
+        ax.set_xlabel("pass")
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{study.preset}: test boards after each pass at tau {TABLE_TAU}; left: all "
+                 f"committed cells correct (solid) / no rule broken (dashed); mean over "
+                 f"{len(study.seeds)} seed(s)", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_gap(groups, keys, path, study):
+    """Each method minus MLM (same tie, mean over seeds), at tau 0.15: exact match and NFE
+    against the difficulty band of the real puzzles (left) and against training steps on the
+    held-out split (right; equal steps)."""
+    plt = _plt()
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    for m, t in keys:
+        if m == "mlm" or ("mlm", t) not in groups:
+            continue
+        g, base = groups[(m, t)], groups[("mlm", t)]
+        bands = [n for n in HINT_BANDS if all(x["real"][n] for x in g + base)]
+        for row, key, scale in ((0, "acc", 100), (1, "nfe", 1)):
+            if bands:
+                d = [scale * (np.mean([x["real"][n][key] for x in g]) -
+                              np.mean([x["real"][n][key] for x in base])) for n in bands]
+                axes[row, 0].plot(range(len(bands)), d, "o-", color=COLORS[m], label=NAMES[m])
+                axes[row, 0].set_xticks(range(len(bands)), [band_name(n) for n in bands])
+            steps = sorted(set.intersection(*[{r["step"] for r in x["history"]} for x in g + base]))
+            val = lambda grp, s_: np.mean([next(r for r in x["history"] if r["step"] == s_)
+                                           [f"val_{key}"] for x in grp])
+            axes[row, 1].plot(steps, [scale * (val(g, s_) - val(base, s_)) for s_ in steps], "o-",
+                              color=COLORS[m], label=NAMES[m])
+    for ax, title in zip(axes.flat, ("exact match, method - MLM (points) by band",
+                                     "exact match, method - MLM (points) by steps",
+                                     "NFE, method - MLM by band", "NFE, method - MLM by steps")):
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[1, 0].set_xlabel("real puzzles: hinted to N clues ... originals (harder to the right)")
+    axes[1, 1].set_xlabel("optimizer step (held-out generated puzzles)")
+    fig.suptitle(f"{study.preset}: where the relay helps or hurts, tau {TABLE_TAU}, mean over "
+                 f"{len(study.seeds)} seed(s)", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
 # -----------------------------------------------------------------------------
 
 def main(argv=None):
@@ -505,14 +682,20 @@ def main(argv=None):
         raise UsageError(f"--max-iters {steps}: need at least 2K = {2 * args.K} steps")
     cores = os.cpu_count() or 1
     jobs = args.jobs or PRESETS[args.preset]["jobs"] or (cores if targs.device == "cpu" else 1)
+    name = args.preset + ("_finetune" if args.protocol == "finetune" else "")
     study = Study(
         preset=args.preset, methods=args.methods, ties=ties, seeds=args.seeds, K=args.K,
         steps=steps, preset_steps=targs.max_iters, train_argv=train_argv, nproc=args.nproc,
         jobs=jobs, threads=args.threads or (max(1, cores // jobs) if targs.device == "cpu" else 1),
-        runs_dir=args.runs_dir or os.path.join("out", "table1", args.preset),
-        results_dir=args.results_dir or os.path.join("results", args.preset),
-        argv=list(sys.argv[1:] if argv is None else argv))
-    runs = [Run(m, t, s, study) for t in study.ties for m in study.methods for s in study.seeds]
+        runs_dir=args.runs_dir or os.path.join("out", "table1", name),
+        results_dir=args.results_dir or os.path.join("results", name),
+        argv=list(sys.argv[1:] if argv is None else argv), protocol=args.protocol,
+        base_steps=args.base_steps or targs.max_iters, self_cond=targs.self_cond,
+        real_data=args.real_data)
+    bases = {(t, s): Run("mlm", t, s, study) for t in study.ties for s in study.seeds
+             } if args.protocol == "finetune" else {}
+    runs = [Run(m, t, s, study, base=bases.get((t, s)))
+            for t in study.ties for m in study.methods for s in study.seeds]
 
     t0, started_at = time.time(), commit()
     if not args.report_only:

@@ -79,3 +79,32 @@ def test_report_without_runs_is_one_clear_error(tmp_path):
         table1.main(["--report-only", "--runs-dir", str(tmp_path / "none"),
                      "--results-dir", str(tmp_path / "res")])
     assert not (tmp_path / "res" / "table1.md").exists()
+
+
+def test_finetune_protocol_loopholing_and_real_puzzle_bands(tmp_path, monkeypatch):
+    """--protocol finetune: one MLM base run, every method continued from its EMA weights;
+    loopholing as a method; the hinted real-puzzle bands and the per-pass table and plots."""
+    from conftest import SHARED
+    monkeypatch.setattr(table1, "HINT_BANDS", (40, 0))
+    sample_csv = os.path.join(SHARED, "data", "sudoku_extreme_format_sample.csv")
+    table1.main(["--train-args", TINY, "--max-iters", "6", "--base-steps", "4", "--seeds", "1",
+                 "--protocol", "finetune", "--methods", "mlm", "loopholing",
+                 "--real-data", sample_csv, "--runs-dir", str(tmp_path / "runs"),
+                 "--results-dir", str(tmp_path / "res")])
+    runs = tmp_path / "runs"
+    assert step_of(runs / "mlm_base_tied_s1" / "ckpt.pt") == 4
+    for m in ("mlm", "loopholing"):
+        ck = torch.load(runs / f"{m}_tied_s1" / "ckpt.pt", weights_only=False)
+        assert ck["step"] == 6 and ck["args"]["init_from"].endswith("mlm_base_tied_s1/ckpt.pt")
+    # loopholing makes 1 + 0.5 forward passes per step: matched at round(6 / 1.5) = 4 steps
+    assert step_of(runs / "loopholing_tied_s1" / "ckpt_matched.pt") == 4
+    assert (runs / "loopholing_tied_s1" / "no_relay.jsonl").exists()
+    band = json.loads(open(runs / "mlm_tied_s1" / "real_h40.jsonl").readline())
+    assert band["hints"] == 40 and band["n"] == 300
+    md = (tmp_path / "res" / "table1.md").read_text()
+    assert "protocol finetune" in md and "MLM base run of 4 steps" in md
+    real = md.split("## Real hard puzzles by difficulty band")[1].split("##")[0]
+    assert "40 clues | originals |" in real and "| Loopholing | tied |" in real
+    assert "## The partial board after each pass" in md
+    for f in ("legality.png", "gap.png"):
+        assert (tmp_path / "res" / f).stat().st_size > 10_000
