@@ -279,7 +279,7 @@ def main(argv=None):
     step, elapsed_before = 0, 0.0
 
     os.makedirs(args.out_dir, exist_ok=True)
-    if args.resume:
+    if args.resume:   # LLM: the weights came back through load_relay_lm; state.pt has the rest
         st = torch.load(os.path.join(ckpt_dir, "state.pt"), map_location=device, weights_only=False)
         if st["args"]["method"] != args.method:
             raise LLMError(f"{ckpt_dir}: trained with --method {st['args']['method']}, "
@@ -311,12 +311,12 @@ def main(argv=None):
 
     def checkpoint():
         ranks = gather_objects(dict(buffer=buffer.state_dict(), rng=rng_state(rng, device),
-                                    stream=stream.state_dict()), ctx)
+                                    stream=stream.state_dict()), ctx)   # LLM: + example order
         msg = check_replicas(raw_lm, ctx)
         if master:
             if msg:
                 tqdm.write(f"step {step}: {msg}")
-            save_checkpoint(args.out_dir, raw_lm, tok, raw_cfg, dict(
+            save_checkpoint(args.out_dir, raw_lm, tok, raw_cfg, dict(   # LLM: a directory
                 optimizer=opt.state_dict(), args=vars(args), step=step,
                 elapsed_s=elapsed_before + clock.elapsed(), ranks=ranks))
 
