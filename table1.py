@@ -315,12 +315,17 @@ def commit():
         return "unknown"
 
 
-def write_report(groups, study, total_wall_s):
+def write_report(groups, study, total_wall_s, unfinished=()):
     """groups: {(method, tie): [loaded runs over seeds]}. Writes table1.md, frontier.png and
     curves.png under study.results_dir, each atomically; returns the markdown."""
     os.makedirs(study.results_dir, exist_ok=True)
     keys = [(m, t) for t in study.ties for m in study.methods if groups.get((m, t))]
     lines = report_header(groups, keys, study, total_wall_s)
+    if unfinished:
+        lines += ["Unfinished runs, left out of every table and mean (curves.png draws them "
+                  "dotted): " + "; ".join(f"{r.name} at step {h[-1]['step']:,} (held-out acc "
+                  f"{100 * h[-1]['val_acc']:.1f} %, NFE {h[-1]['val_nfe']:.2f})"
+                  for r, h in unfinished) + ". Rerunning the command resumes them.", ""]
     for section in (section_equal_steps, section_cohorts, section_equal_passes, section_ablation,
                     section_real_bands, section_passes, section_sweep, section_per_run):
         lines += section(groups, keys, study)
@@ -329,7 +334,7 @@ def write_report(groups, study, total_wall_s):
     n_test = groups[keys[0]][0]["sweep"][0]["n"]
     out = study.results_dir
     plot_frontier(groups, keys, os.path.join(out, "frontier.png"), study, n_test)
-    plot_curves(groups, keys, os.path.join(out, "curves.png"), study)
+    plot_curves(groups, keys, os.path.join(out, "curves.png"), study, unfinished)
     if all(groups[k][0]["passes"] for k in keys):
         plot_passes(groups, keys, os.path.join(out, "legality.png"), study)
     if ("mlm", keys[0][1]) in groups and len(keys) > 1:
@@ -562,36 +567,55 @@ def plot_frontier(groups, keys, path, study, n_test):
     plt.close(fig)
 
 
-def plot_curves(groups, keys, path, study):
-    """Accuracy and NFE at the training tau against optimizer steps, from each run's eval.jsonl:
-    held-out puzzles solid, base training puzzles dashed; mean over seeds, +-1 std ribbons."""
+def plot_curves(groups, keys, path, study, unfinished=()):
+    """Accuracy and NFE at tau 0.15 during training, from each run's eval.jsonl: against
+    optimizer steps (top; held-out solid, base training puzzles dashed) and against forward
+    passes (bottom; held-out). Mean over seeds with +-1 std ribbons; unfinished runs
+    (`unfinished`: (run, history) pairs) as thin dotted lines, not in any mean."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     for m, t in keys:
         g = groups[(m, t)]
+        k = g[0]["run"].k
         steps = sorted(set.intersection(*[{r["step"] for r in x["history"]} for x in g]))
         for split, style in (("val", "-"), ("train", "--")):
-            for ax, key, scale in ((axes[0], "acc", 100), (axes[1], "nfe", 1)):
-                v = scale * np.array([[next(r for r in x["history"] if r["step"] == s)[f"{split}_{key}"]
-                                       for s in steps] for x in g])
+            for col, key, scale in ((0, "acc", 100), (1, "nfe", 1)):
+                v = scale * np.array([[next(r for r in x["history"] if r["step"] == s_)
+                                       [f"{split}_{key}"] for s_ in steps] for x in g])
                 mean = v.mean(0)
                 sd = v.std(0, ddof=1) if len(g) > 1 else np.zeros_like(mean)
                 label = (f"{NAMES[m]}" + (f" ({t})" if len(study.ties) > 1 else "") +
                          (" held-out" if split == "val" else " train"))
-                ax.plot(steps, mean, style, color=COLORS[m], marker="o", ms=3, label=label,
-                        alpha=1.0 if t == "tied" else 0.6)
-                ax.fill_between(steps, mean - sd, mean + sd, color=COLORS[m], alpha=0.15)
-    axes[0].set_ylabel("exact match (%)")
-    axes[1].set_ylabel("mean NFE (log scale)")
-    axes[1].set_yscale("log")
-    for ax in axes:
-        ax.set_xlabel("optimizer step")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, ncol=2)
+                rows = ((0, np.array(steps)), (1, k * np.array(steps))) if split == "val" else \
+                    ((0, np.array(steps)),)
+                for row, x_ in rows:
+                    ax = axes[row, col]
+                    ax.plot(x_, mean, style, color=COLORS[m], marker="o", ms=3, label=label,
+                            alpha=1.0 if t == "tied" else 0.6)
+                    ax.fill_between(x_, mean - sd, mean + sd, color=COLORS[m], alpha=0.15)
+    for run, hist in unfinished:
+        st = np.array([r["step"] for r in hist])
+        for col, key, scale in ((0, "acc", 100), (1, "nfe", 1)):
+            v = scale * np.array([r[f"val_{key}"] for r in hist])
+            for row, x_ in ((0, st), (1, run.k * st)):
+                axes[row, col].plot(x_, v, ":", color=COLORS[run.method], lw=1, marker=".",
+                                    label=f"{NAMES[run.method]} seed {run.seed} held-out "
+                                          f"(unfinished, step {st[-1]:,})")
+    for col, name in ((0, "exact match (%)"), (1, "mean NFE (log scale)")):
+        for row, xlabel in ((0, "optimizer step"), (1, "forward passes per board in training "
+                                                       "(steps x passes per step)")):
+            ax = axes[row, col]
+            ax.set_ylabel(name)
+            ax.set_xlabel(xlabel)
+            ax.grid(alpha=0.3)
+            if col == 1:
+                ax.set_yscale("log")
+    axes[0, 0].legend(fontsize=7, ncol=2)
+    axes[1, 0].legend(fontsize=7)
     n = groups[keys[0]][0]["eval_n"]
-    fig.suptitle(f"preset {study.preset}: EMA weights at tau {TABLE_TAU} during training, {n} held-out "
-                 f"validation puzzles (solid) and {n} base training puzzles (dashed); mean ± 1 std "
-                 f"over {len(study.seeds)} seed(s)", fontsize=9)
+    fig.suptitle(f"preset {study.preset}: EMA weights at tau {TABLE_TAU} during training, {n} "
+                 f"held-out validation puzzles (solid) and {n} base training puzzles (dashed); "
+                 f"mean ± 1 std over the finished seeds", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
@@ -654,7 +678,8 @@ def plot_gap(groups, keys, path, study):
         ax.axhline(0, color="black", lw=0.8)
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:    # the band panels are empty without --real-data
+            ax.legend(fontsize=7)
     axes[1, 0].set_xlabel("real puzzles: hinted to N clues ... originals (harder to the right)")
     axes[1, 1].set_xlabel("optimizer step (held-out generated puzzles)")
     fig.suptitle(f"{study.preset}: where the relay helps or hurts, tau {TABLE_TAU}, mean over "
@@ -706,14 +731,18 @@ def main(argv=None):
             f.write(json.dumps(dict(commit=started_at, argv=study.argv, wall_s=time.time() - t0))
                     + "\n")
     study.invocations = [json.loads(line) for line in open(log)] if os.path.exists(log) else []
-    groups = {}
+    groups, unfinished = {}, []
     for r in runs:
         x = load_run(r)
         if x is not None:
             groups.setdefault((r.method, r.tie), []).append(x)
+        elif os.path.exists(os.path.join(r.dir, "eval.jsonl")):
+            hist = [json.loads(line) for line in open(os.path.join(r.dir, "eval.jsonl"))]
+            if hist:
+                unfinished.append((r, hist))
     if not groups:
         raise DataError(f"{study.runs_dir}: no finished run to report on")
-    md = write_report(groups, study, sum(x["wall_s"] for x in study.invocations))
+    md = write_report(groups, study, sum(x["wall_s"] for x in study.invocations), unfinished)
     print(md)
     print(f"wrote {study.results_dir}/table1.md, frontier.png, curves.png")
     return groups
