@@ -602,23 +602,33 @@ def plot_curves(groups, keys, path, study, unfinished=()):
                                     label=f"{NAMES[run.method]} seed {run.seed} held-out "
                                           f"(unfinished, step {st[-1]:,})")
     for col, name in ((0, "exact match (%)"), (1, "mean NFE (log scale)")):
-        for row, xlabel in ((0, "optimizer step"), (1, "forward passes per board in training "
-                                                       "(steps x passes per step)")):
+        for row, xlabel in ((0, "optimizer step"),
+                            (1, "training forward passes (steps x passes per step)")):
             ax = axes[row, col]
             ax.set_ylabel(name)
             ax.set_xlabel(xlabel)
             ax.grid(alpha=0.3)
             if col == 1:
-                ax.set_yscale("log")
+                log_axis(ax)
     axes[0, 0].legend(fontsize=7, ncol=2)
     axes[1, 0].legend(fontsize=7)
     n = groups[keys[0]][0]["eval_n"]
-    fig.suptitle(f"preset {study.preset}: EMA weights at tau {TABLE_TAU} during training, {n} "
-                 f"held-out validation puzzles (solid) and {n} base training puzzles (dashed); "
+    fig.suptitle(f"preset {study.preset}: EMA weights at tau {TABLE_TAU} during training\n{n} "
+                 f"held-out validation puzzles (solid), {n} base training puzzles (dashed); "
                  f"mean ± 1 std over the finished seeds", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
+
+
+def log_axis(ax):
+    """A log-scale y axis labelled with plain numbers (NFE spans 5-60)."""
+    from matplotlib.ticker import ScalarFormatter
+    ax.set_yscale("log")
+    for fmt in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+        f = ScalarFormatter()
+        f.set_scientific(False)
+        fmt(f)
 
 
 def plot_passes(groups, keys, path, study):
