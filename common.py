@@ -152,7 +152,10 @@ def check_replicas(model, ctx):
 
 
 def close_distributed(ctx):
+    """Leave the process group together: a barrier first, so no rank tears its connections down
+    while another still talks to it."""
     if ctx.ddp:
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -165,7 +165,8 @@ def test_torchrun_two_ranks_stay_identical(tiny_dir, tmp_path):
            "--ckpt-interval", "1", "--out-dir", str(tmp_path), "--no-progress"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert r.returncode == 0, r.stderr[-2000:]
+    what = [l for l in r.stderr.splitlines() if "what()" in l or "Error" in l][:5]
+    assert r.returncode == 0, "\n".join(what) + "\n" + r.stderr[-1500:]
     assert r.stdout.count("parameters identical on all 2 ranks") == 3
     assert "2 rank(s) = 8 sequences/step" in r.stdout
     assert (tmp_path / "ckpt" / "relay.safetensors").exists()
