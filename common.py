@@ -5,6 +5,8 @@ go to a temporary name first. The training loops themselves stay written out in 
 """
 import contextlib
 import os
+import pickle
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -195,6 +197,26 @@ def atomic_write(path, text):
         with open(tmp, "w") as f:
             f.write(text)
     atomic(write, path)
+
+
+def load_checkpoint(path, device="cpu"):
+    """torch.load with weights_only=True: tensors and plain Python data only, so a shared .pt
+    file cannot run code while it is read (pickle can). A file that asks for any other Python
+    object is refused, naming it; anything unreadable gets one line too."""
+    if not os.path.exists(path):
+        raise UserError(f"{path}: no such checkpoint")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        unsafe = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if unsafe:
+            raise UserError(f"{path}: refused, it would load the Python object {unsafe.group(1)}"
+                            f" (only tensors and plain data are read)") from None
+        raise UserError(f"{path}: not a readable checkpoint (not a torch file of tensors and "
+                        f"plain data)") from None
+    except Exception as e:   # truncated, a zip that is not torch's, ...
+        raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:120] if str(e) else ''})") from None
 
 
 def atomic_torch_save(obj, path):

@@ -20,7 +20,8 @@ import torch
 
 from model import MASK_ID, build_model, encode, decode_ids
 from relay import unmask_budget
-from common import UsageError, atomic_write, autocast_for, resolve_device, run_main, save_figure
+from common import (UsageError, atomic_write, autocast_for, load_checkpoint, resolve_device,
+                    run_main, save_figure)
 from data.sudoku import (DataError, add_hints, cohort_labels, consistent, legal, load_boards,
                          to_string)
 
@@ -127,13 +128,7 @@ def find_latest_checkpoint(root="out"):
 
 def load_checkpoint_model(path, device="cpu", use_ema=True):
     """Rebuild the model from the checkpoint's saved config alone (no training code needed)."""
-    if not os.path.exists(path):
-        raise DataError(f"{path}: no such checkpoint")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
-    except Exception as e:
-        raise DataError(f"{path}: not a readable checkpoint ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:120]})") from None
+    ckpt = load_checkpoint(path, device)
     if not isinstance(ckpt, dict) or "model_config" not in ckpt or "model" not in ckpt:
         raise DataError(f"{path}: not a relay Sudoku checkpoint (no model_config/model entries)")
     try:

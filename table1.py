@@ -34,7 +34,7 @@ import torch
 
 import train_sudoku
 from data.sudoku import EXTREME_TEST_ROWS, DataError, load_boards
-from common import UsageError, atomic_write, run_main, save_figure
+from common import UsageError, atomic_write, load_checkpoint, run_main, save_figure
 from sample import SWEEP_TAUS
 
 HERE = os.path.dirname(os.path.abspath(__file__))   # train_sudoku.py and sample.py sit beside us
@@ -158,7 +158,7 @@ def ckpt_step(path):
     """The optimizer step a checkpoint was saved at; 0 if there is none."""
     if not os.path.exists(path):
         return 0
-    return torch.load(path, map_location="cpu", weights_only=False)["step"]
+    return load_checkpoint(path)["step"]
 
 
 def run_logged(cmd, log_path, env):
@@ -254,7 +254,7 @@ def load_run(run):
     sweep = os.path.join(run.dir, "sweep.jsonl")
     if not os.path.exists(sweep):
         return None
-    ck = torch.load(run.ckpt, map_location="cpu", weights_only=False)
+    ck = load_checkpoint(run.ckpt)
     if ck["step"] != run.steps:
         return None
     hist = [json.loads(l) for l in open(os.path.join(run.dir, "eval.jsonl"))]

@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (TrainClock, UsageError, add_run_flags, atomic_torch_save, autocast_for, check_replicas,
-                    close_distributed, gather_objects, init_distributed, resolve_preset,
-                    restore_rng, rng_state, run_main, seeded_rng, set_lr, wrap_ddp)
+from common import (TrainClock, UsageError, add_run_flags, atomic_torch_save, autocast_for,
+                    check_replicas, close_distributed, gather_objects, init_distributed,
+                    resolve_preset, load_checkpoint, restore_rng, rng_state, run_main, seeded_rng,
+                    set_lr, wrap_ddp)
 from llm import FIXTURE, LLMError, STOP_TOKEN, THRESHOLD, load_relay_lm, save_relay_lm
 from relay import unmask_threshold
 
@@ -280,7 +281,7 @@ def main(argv=None):
 
     os.makedirs(args.out_dir, exist_ok=True)
     if args.resume:   # LLM: the weights came back through load_relay_lm; state.pt has the rest
-        st = torch.load(os.path.join(ckpt_dir, "state.pt"), map_location=device, weights_only=False)
+        st = load_checkpoint(os.path.join(ckpt_dir, "state.pt"), device)
         if st["args"]["method"] != args.method:
             raise LLMError(f"{ckpt_dir}: trained with --method {st['args']['method']}, "
                            f"not {args.method}")

@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (TrainClock, UsageError, add_run_flags, atomic_torch_save, autocast_for, check_replicas,
-                    close_distributed, gather_objects, init_distributed, resolve_preset,
-                    restore_rng, rng_state, run_main, seeded_rng, set_lr, wrap_ddp)
+from common import (TrainClock, UsageError, add_run_flags, atomic_torch_save, autocast_for,
+                    check_replicas, close_distributed, gather_objects, init_distributed,
+                    resolve_preset, load_checkpoint, restore_rng, rng_state, run_main, seeded_rng,
+                    set_lr, wrap_ddp)
 from model import MASK_ID, N_CELLS, SIZES, build_model, encode
 from relay import unmask_budget
 from sample import evaluate
@@ -230,9 +231,7 @@ def init_from_checkpoint(model, path, device):
     agree except for R: a source without R leaves R with weight and bias zero, so R(h) = 0 and
     the model computes exactly what the source did; R of a source is dropped by a model without
     one. Returns the source's step."""
-    if not os.path.exists(path):
-        raise DataError(f"{path}: --init-from names no checkpoint")
-    ck = torch.load(path, map_location=device, weights_only=False)
+    ck = load_checkpoint(path, device)
     src = {k: v for k, v in ck["model_config"].items() if k != "relay"}
     own = {k: v for k, v in model.cfg.to_dict().items() if k != "relay"}
     if src != own:
@@ -297,7 +296,7 @@ def main(argv=None):
     if args.resume:
         if not os.path.exists(ckpt_path):
             raise DataError(f"{ckpt_path}: --resume given but there is no checkpoint")
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ck = load_checkpoint(ckpt_path, device)
         if ck["model_config"] != model.cfg.to_dict():
             raise DataError(f"{ckpt_path}: its model config {ck['model_config']} differs from this "
                             f"run's {model.cfg.to_dict()}")

@@ -235,3 +235,24 @@ def test_loopholing_reads_the_state_of_a_gradient_free_first_pass():
             assert torch.equal(graded["h"], first["out"])       # the first pass's state, detached
         else:
             assert (calls[0]["h"] == 0).all()
+
+
+class _Evil:
+    def __reduce__(self):   # unpickling this would run a shell command
+        return (os.system, (f"touch {_Evil.canary}",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, tiny_ckpt):
+    import sample
+    _Evil.canary = str(tmp_path / "pwned")
+    ck = torch.load(tiny_ckpt, weights_only=True)
+    ck["history"] = [_Evil()]
+    torch.save(ck, tmp_path / "evil.pt")
+    for load in (lambda: sample.main(["--ckpt", str(tmp_path / "evil.pt"), "--data", SAMPLE_CSV]),
+                 lambda: train_sudoku.main(["--size", "tiny", "--data", SAMPLE_CSV, "--init-from",
+                                            str(tmp_path / "evil.pt"), "--max-iters", "1",
+                                            "--out-dir", str(tmp_path / "o"), "--no-progress"])):
+        with pytest.raises(UserError, match="refused, it would load the Python object") as e:
+            load()
+        assert "\n" not in str(e.value)
+    assert not os.path.exists(_Evil.canary)
