@@ -559,7 +559,7 @@ def plot_frontier(groups, keys, path, study, n_test):
                   f"at the left ... {SWEEP_TAUS[0]} at the right", fontsize=8)
     ax.set_ylabel("exact match (%)")
     ax.set_title(f"preset {study.preset}: {n_test} test puzzles, {study.steps:,} steps, mean ± 1 std over "
-                 f"{len(study.seeds)} seed(s)", fontsize=9)
+                 f"{seeds_done(groups)}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -621,14 +621,24 @@ def plot_curves(groups, keys, path, study, unfinished=()):
     plt.close(fig)
 
 
+def seeds_done(groups):
+    """'seed 1' / 'seeds 1, 2': the seeds with a finished run (what the means are over)."""
+    seeds = sorted({x["run"].seed for g in groups.values() for x in g})
+    return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds))
+
+
 def log_axis(ax):
     """A log-scale y axis labelled with plain numbers (NFE spans 5-60)."""
-    from matplotlib.ticker import ScalarFormatter
     ax.set_yscale("log")
-    for fmt in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
-        f = ScalarFormatter()
-        f.set_scientific(False)
-        fmt(f)
+    ax.yaxis.set_major_formatter(plain_numbers())
+    ax.yaxis.set_minor_formatter(plain_numbers())
+
+
+def plain_numbers():
+    from matplotlib.ticker import ScalarFormatter
+    f = ScalarFormatter()
+    f.set_scientific(False)
+    return f
 
 
 def plot_passes(groups, keys, path, study):
@@ -650,11 +660,12 @@ def plot_passes(groups, keys, path, study):
     for ax in axes:
         ax.set_xlabel("pass")
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(plain_numbers())
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(f"{study.preset}: test boards after each pass at tau {TABLE_TAU}; left: all "
                  f"committed cells correct (solid) / no rule broken (dashed); mean over "
-                 f"{len(study.seeds)} seed(s)", fontsize=9)
+                 f"{seeds_done(groups)}", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
@@ -693,7 +704,7 @@ def plot_gap(groups, keys, path, study):
     axes[1, 0].set_xlabel("real puzzles: hinted to N clues ... originals (harder to the right)")
     axes[1, 1].set_xlabel("optimizer step (held-out generated puzzles)")
     fig.suptitle(f"{study.preset}: where the relay helps or hurts, tau {TABLE_TAU}, mean over "
-                 f"{len(study.seeds)} seed(s)", fontsize=9)
+                 f"{seeds_done(groups)}", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
