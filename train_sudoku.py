@@ -186,14 +186,20 @@ def rollout_loss(model, buffer, K, tau_draw, *, use_relay, stop_grad, autocast):
     return L, z, h
 
 
-def mlm_loss(model, stream, B, rng, device, autocast):
-    """The MLM baseline: each blank masked with probability t, t ~ U(0,1) per board."""
+def mlm_batch(stream, B, rng, device):
+    """B fresh boards, each blank masked with probability t, t ~ U(0,1) per board.
+    Returns x0 (B, 81) solution ids, masked (B, 81) bool, z (B, 81) the masked boards."""
     q, a = stream.next(B)
     x0 = encode(a).to(device)
     blank = torch.from_numpy(q == 0).to(device)
     t = torch.from_numpy(rng.random((B, 1))).to(device)
     masked = blank & (torch.from_numpy(rng.random((B, N_CELLS))).to(device) < t)
-    z = torch.where(masked, MASK_ID, x0)
+    return x0, masked, torch.where(masked, MASK_ID, x0)
+
+
+def mlm_loss(model, stream, B, rng, device, autocast):
+    """The MLM baseline: one pass on mlm_batch's boards, no relay."""
+    x0, masked, z = mlm_batch(stream, B, rng, device)
     with autocast:
         logits, _ = model(z)
     return masked_ce(logits, x0, masked)
@@ -205,13 +211,8 @@ def loopholing_loss(model, stream, B, rng, device, autocast, p_self_cond):
     a gradient-free pass with h = 0 on the same z; its graded pass then reads that pass's state
     (detached). The other boards' graded pass reads h = 0, as a decode's first pass does. Unlike
     relay, no unmasking step separates the two passes and no gradient flows through h."""
-    q, a = stream.next(B)
-    x0 = encode(a).to(device)
-    blank = torch.from_numpy(q == 0).to(device)
-    t = torch.from_numpy(rng.random((B, 1))).to(device)
-    masked = blank & (torch.from_numpy(rng.random((B, N_CELLS))).to(device) < t)
+    x0, masked, z = mlm_batch(stream, B, rng, device)
     self_cond = torch.from_numpy(rng.random(B) < p_self_cond).to(device)           # (B,)
-    z = torch.where(masked, MASK_ID, x0)
     h = torch.zeros(B, N_CELLS, model_width(model), device=device)
     if self_cond.any():
         with torch.no_grad(), autocast:
