@@ -40,7 +40,7 @@ def run_main(main):
 
 
 # -----------------------------------------------------------------------------
-# device and precision
+# device
 
 def resolve_device(name="auto"):
     """'auto' is cuda when a GPU is visible, else cpu; anything else is passed through."""
@@ -48,6 +48,9 @@ def resolve_device(name="auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
 
+
+# -----------------------------------------------------------------------------
+# settings: the flags both trainers share, and presets that fill what is left unset
 
 def add_run_flags(parser, out_dir_help):
     """The flags both trainers share, under one header; None means 'the preset's value'."""
@@ -80,6 +83,9 @@ def resolve_preset(args, presets):
             setattr(args, k, v)
     return args
 
+
+# -----------------------------------------------------------------------------
+# precision
 
 def autocast_for(device):
     """bf16 autocast on a GPU (the authors' setting); full fp32 on a CPU."""
