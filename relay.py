@@ -18,8 +18,18 @@ class Relay(nn.Module):
     def __init__(self, n_embd, eps=1e-5, zero_init=False, weight_init=1.0):
         super().__init__()
         self.norm = nn.LayerNorm(n_embd, eps=eps)
-        nn.init.constant_(self.norm.weight, 0.0 if zero_init else weight_init)
+        nn.init.constant_(self.norm.weight, weight_init)
         nn.init.zeros_(self.norm.bias)
+        if zero_init:
+            self.zero_()
+
+    @torch.no_grad()
+    def zero_(self):
+        """Weight and bias to zero: R(h) = 0 for every h, so the model computes what it did
+        without the relay (patching a pretrained model, or fine-tuning from one without R)."""
+        self.norm.weight.zero_()
+        self.norm.bias.zero_()
+        return self
 
     def forward(self, h):
         return self.norm(h)

@@ -245,8 +245,7 @@ def init_from_checkpoint(model, path, device):
             model.relay.load_state_dict({k[len("relay."):]: v for k, v in ck["ema"].items()
                                          if k.startswith("relay.")})
         else:
-            torch.nn.init.zeros_(model.relay.norm.weight)
-            torch.nn.init.zeros_(model.relay.norm.bias)
+            model.relay.zero_()
     return ck["step"]
 
 
