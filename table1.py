@@ -198,10 +198,8 @@ def evaluate_to(path_out, ckpt, taus, sample_argv, env, log_path, cohorts=True):
 def do_run(run, study, env):
     """Train to the full step count (via the matched point for K-pass methods), then evaluate.
     Every leg is a train_sudoku.py process; an existing checkpoint is resumed, never redone."""
-    if run.base is not None:                 # finetune: the base run first (shared, so locked)
-        with BASE_LOCKS.setdefault(run.base.name, threading.Lock()):
-            if ckpt_step(run.base.ckpt) < run.base.steps:
-                do_run(run.base, study, env)
+    if run.base is not None:                 # finetune: the base run first
+        do_base(run.base, study, env)
     os.makedirs(run.dir, exist_ok=True)
     log_path = os.path.join(run.dir, "train.log")
     t0 = time.time()
@@ -237,7 +235,14 @@ def do_run(run, study, env):
     return time.time() - t0
 
 
-BASE_LOCKS = {}   # finetune: one lock per base run, so two methods never train it at once
+BASE_LOCKS = {}   # finetune: one lock per base run, so two workers never train it at once
+
+
+def do_base(base, study, env):
+    """A finetune base run, trained and evaluated once whichever worker asks first (the others
+    wait for it; afterwards every step inside is a no-op)."""
+    with BASE_LOCKS.setdefault(base.name, threading.Lock()):
+        return do_run(base, study, env)
 
 
 def launcher(study):
@@ -775,22 +780,25 @@ def train_runs(runs, study, targs, t0):
         load_boards("builtin", "train", n_train=targs.n_train, n_val=targs.n_val,
                     n_test=targs.n_test, clues=targs.clues, seed=targs.data_seed)
     env = dict(os.environ, OMP_NUM_THREADS=str(study.threads), MKL_NUM_THREADS=str(study.threads))
-    # seed by seed (a complete comparison arrives early), longest first within a seed
-    todo = sorted(runs, key=lambda r: (r.seed, -COST[r.method]))
-    print(f"{len(runs)} runs ({study.steps:,} steps each) in {study.runs_dir}, {study.jobs} at "
+    # finetune: the base runs first, side by side (a method waiting on its base idles a
+    # worker); then seed by seed (a complete comparison arrives early), longest first
+    bases = list({r.base.name: r.base for r in runs if r.base is not None}.values())
+    todo = sorted(bases, key=lambda r: r.seed) + sorted(runs, key=lambda r: (r.seed, -COST[r.method]))
+    print(f"{len(todo)} runs ({study.steps:,} steps each) in {study.runs_dir}, {study.jobs} at "
           f"once, {study.threads} thread(s) each; logs in <run>/train.log")
     failed = []
     with concurrent.futures.ThreadPoolExecutor(study.jobs) as workers:
-        futures = {workers.submit(do_run, r, study, env): r for r in todo}
+        futures = {workers.submit(do_base if r in bases else do_run, r, study, env): r
+                   for r in todo}
         for n, fut in enumerate(concurrent.futures.as_completed(futures), 1):
             r = futures[fut]
             try:
                 dt = fut.result()
-                print(f"[{n}/{len(runs)}] {r.name} done ({dt / 60:.1f} min this invocation, "
+                print(f"[{n}/{len(todo)}] {r.name} done ({dt / 60:.1f} min this invocation, "
                       f"{(time.time() - t0) / 60:.1f} min elapsed)", flush=True)
             except RuntimeError as e:
                 failed.append(r.name)
-                print(f"[{n}/{len(runs)}] {r.name} FAILED: {e}", flush=True)
+                print(f"[{n}/{len(todo)}] {r.name} FAILED: {e}", flush=True)
     if failed:
         print(f"{len(failed)} run(s) failed: {', '.join(failed)}; the report leaves them out")
 
