@@ -148,24 +148,6 @@ def test_wrong_solutions_fail_and_find_zero_is_scored_by_its_root():
     assert r["base"] is False and r["plus"] is False
 
 
-@pytest.mark.parametrize("program,reason", [
-    ("while True:\n    pass\n", "timeout"),
-    ("x = bytearray(4 << 30)\n", "MemoryError"),
-    ("open('/tmp/relay_sandbox_escape.txt', 'w').write('x')\n", "no writing outside"),
-    ("import socket\ns = socket.socket()\ns.connect(('127.0.0.1', 9))\n", "no network"),
-    ("import socket\nsocket.create_connection(('127.0.0.1', 9))\n", "blocked"),
-])
-def test_sandbox_stops_bad_programs(program, reason):
-    ok, why = code_eval.run_sandboxed(program, timeout=3)
-    assert not ok and reason in why, why
-    assert not os.path.exists("/tmp/relay_sandbox_escape.txt")
-
-
-def test_sandbox_allows_writing_inside_its_directory():
-    ok, why = code_eval.run_sandboxed("open('out.txt', 'w').write('x')\nassert open('out.txt').read() == 'x'\n")
-    assert ok, why
-
-
 # -----------------------------------------------------------------------------
 # the command line
 
