@@ -184,6 +184,27 @@ def llm_decode_speed(lm, tok, prompt_tokens, new_tokens, use_relay=True):
                 identical_tokens=outs[True] == outs[False])
 
 
+DECODING_OPTIONS = {   # sample_llm.generate's options: the default, then one departure at a time
+    "official (default)": {},
+    "--no-first-from-cache": dict(first_from_cache=False),
+    "--no-stop-mid-block": dict(stop_mid_block=False),
+    "both off": dict(first_from_cache=False, stop_mid_block=False),
+    "--tau 0.9 (official eval)": dict(tau=0.9),
+}
+
+
+def llm_decoding_nfe(lm, tok, new_tokens):
+    """Mean NFE over the fixture's prompts (chat template) under each of DECODING_OPTIONS."""
+    from llm import FIXTURE
+    from sample_llm import generate
+    rows = [json.loads(line) for line in open(FIXTURE) if line.strip()]
+    prompts = [tok(tok.apply_chat_template([{"role": "user", "content": r["prompt"]}],
+                                           tokenize=False, add_generation_prompt=True),
+                   add_special_tokens=False).input_ids for r in rows]
+    return {name: float(generate(lm, prompts, new_tokens, **kw)[1].mean())
+            for name, kw in DECODING_OPTIONS.items()}, len(prompts)
+
+
 # -----------------------------------------------------------------------------
 
 def bench_sudoku(args, device):
@@ -228,6 +249,9 @@ def bench_llm(args, device):
               f"tokens, {r['new_tokens']} new: cached {r['cached_s']:.2f} s, uncached "
               f"{r['uncached_s']:.2f} s -> {r['speedup']:.1f}x, identical tokens: "
               f"{r['identical_tokens']}")
+    nfe, n = llm_decoding_nfe(lm, tok, args.decode_new_tokens)
+    print(f"LLM decoding NFE ({n} fixture prompts, {args.decode_new_tokens} new tokens at most): "
+          + " | ".join(f"{k} {v:.1f}" for k, v in nfe.items()))
     return mem
 
 

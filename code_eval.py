@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -143,9 +144,16 @@ def extract_code(completion):
     return completion.split("```")[0]
 
 
+def _parse(code):
+    """ast.parse without the SyntaxWarnings of benchmark code ('\\w' in a plain string)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ast.parse(code)
+
+
 def _called_name(test):
     """MBPP names no entry point: the function its first assertion calls."""
-    for node in ast.walk(ast.parse(test)):
+    for node in ast.walk(_parse(test)):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             return node.func.id
     return None
@@ -157,10 +165,10 @@ def _parse_prefix(code):
     lines = code.splitlines()
     for n in range(len(lines), 0, -1):
         try:
-            return "\n".join(lines[:n]) + "\n", ast.parse("\n".join(lines[:n]))
+            return "\n".join(lines[:n]) + "\n", _parse("\n".join(lines[:n]))
         except (SyntaxError, ValueError):
             continue
-    return "", ast.parse("")
+    return "", _parse("")
 
 
 def _free_names(node):
@@ -193,7 +201,7 @@ def sanitize(code, entry_point, test=""):
             if names and all(isinstance(t, (ast.Name, ast.Tuple)) for t in targets):
                 defines[node] = set(names)
     used = {node: _free_names(node) for node in defines}
-    wanted = {entry_point} | ({n.id for n in ast.walk(ast.parse(test)) if isinstance(n, ast.Name)}
+    wanted = {entry_point} | ({n.id for n in ast.walk(_parse(test)) if isinstance(n, ast.Name)}
                               if test.strip() else set())
     keep, frontier = set(), set(wanted)
     while frontier:                             # the dependency closure of the wanted names

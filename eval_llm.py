@@ -16,32 +16,32 @@ from tqdm import tqdm
 
 import code_eval
 from common import atomic_write, run_main
-from llm import THRESHOLD
-from sample_llm import encode_prompt, generate, load_for_decoding
+from sample_llm import add_decoding_flags, decoding_kwargs, encode_prompt, generate, load_for_decoding
 
 
-def evaluate_model(lm, tok, problems, max_new_tokens=512, tau=THRESHOLD, batch_size=8,
-                   use_relay=True, workers=2, progress=True):
-    """Decode every problem, score it. Returns (per-problem rows, summary without file names)."""
+def evaluate_model(lm, tok, problems, max_new_tokens=512, batch_size=8, workers=2, progress=True,
+                   sandbox="auto", unsafe=False, **decoding):
+    """Decode every problem (decoding: sample_llm.generate's options), score it in the sandbox.
+    Returns (per-problem rows, summary without file names)."""
+    code_eval.choose_backend(sandbox, unsafe)      # refuse before decoding, not after
     ctx = lm.qwen.config.max_position_embeddings - max_new_tokens
     prompts = [encode_prompt(tok, code_eval.chat_prompt(tok, q["prompt"]), ctx) for q in problems]
     t0 = time.time()
     completions, nfes, n_tokens = [], [], []
     for s in tqdm(range(0, len(prompts), batch_size), desc="decoding", disable=not progress):
-        gen, nfe = generate(lm, prompts[s:s + batch_size], max_new_tokens, tau,
-                            use_relay=use_relay)
+        gen, nfe = generate(lm, prompts[s:s + batch_size], max_new_tokens, **decoding)
         completions += [tok.decode(g, skip_special_tokens=True) for g in gen]
         nfes += nfe.tolist()
         n_tokens += [max(len(g), 1) for g in gen]
     decode_s = time.time() - t0
     results = code_eval.evaluate_solutions(problems, [code_eval.extract_code(c) for c in completions],
-                                           workers=workers)
+                                           workers=workers, backend=sandbox, unsafe=unsafe)
     plus = [r["plus"] for r in results if r["plus"] is not None]
     summary = dict(n=len(problems), pass1_base=100.0 * float(np.mean([r["base"] for r in results])),
                    pass1_plus=100.0 * float(np.mean(plus)) if plus else None,
                    nfe=float(np.mean(nfes)), nfe_per_token=float(np.mean(np.array(nfes) / n_tokens)),
-                   wall_s=time.time() - t0, decode_s=decode_s, tau=tau,
-                   max_new_tokens=max_new_tokens)
+                   wall_s=time.time() - t0, decode_s=decode_s, max_new_tokens=max_new_tokens,
+                   **decoding)
     rows = [dict(r, nfe=n, completion=c) for r, c, n in zip(results, completions, nfes)]
     return rows, summary
 
@@ -55,10 +55,13 @@ def main(argv=None):
                    "(default: $RELAY_CODE_EVAL_DIR)")
     p.add_argument("--limit", type=int, default=None, help="first N problems")
     p.add_argument("--max-new-tokens", type=int, default=512, help="tokens per completion at most")
-    p.add_argument("--tau", type=float, default=THRESHOLD, help="reveal threshold")
+    add_decoding_flags(p)
     p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together")
     p.add_argument("--workers", type=int, default=2, help="parallel sandboxed test processes")
-    p.add_argument("--no-relay", action="store_true", help="decode without carrying h")
+    p.add_argument("--sandbox", default="auto", choices=("auto",) + code_eval.BACKENDS,
+                   help="isolation of the programs (auto: bwrap if it works here, else unshare)")
+    p.add_argument("--unsafe-no-sandbox", action="store_true",
+                   help="run the generated programs without isolation (only for code you trust)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--out", default=None,
                    help="per-problem outcomes, jsonl (default: <model>/eval_<task>.jsonl)")
@@ -66,9 +69,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     problems = code_eval.load_tasks(args.task, args.data_dir, args.eval_file)[:args.limit]
     lm, tok = load_for_decoding(args.model, args.device)
-    rows, summary = evaluate_model(lm, tok, problems, args.max_new_tokens, args.tau,
-                                   args.batch_size, not args.no_relay, args.workers,
-                                   progress=not args.json)
+    rows, summary = evaluate_model(lm, tok, problems, args.max_new_tokens, args.batch_size,
+                                   args.workers, progress=not args.json, sandbox=args.sandbox,
+                                   unsafe=args.unsafe_no_sandbox, **decoding_kwargs(args))
     out = args.out or os.path.join(args.model if os.path.isdir(args.model) else ".",
                                    f"eval_{args.task}.jsonl")
     atomic_write(out, "".join(json.dumps(r) + "\n" for r in rows))

@@ -9,6 +9,9 @@ as the prompt's tail (first block only) followed by [MASK]s and is decoded as fo
 sub-blocks in order. A pass runs the whole block against the cache without writing to it and
 reveals, in the current sub-block, masked tokens with confidence > tau plus its single most
 confident one (relay.unmask_threshold). A full block gets one more pass that writes its K/V.
+As in Fast-dLLM v2's official generation (where the paper is silent): a block's first token
+is that pass's (or the prefill's) argmax, and a row stops once it has revealed a stop token
+with nothing masked before it, mid-block (--no-first-from-cache, --no-stop-mid-block: not).
 The relay: h resets at each block; each pass adds R(h) from the previous pass at [MASK]s.
 NFE = denoising passes per example (prefill and cache-writing passes not counted).
 """
@@ -41,10 +44,17 @@ def block_mask(valid, q_start, q_len, k_len, block_size):
 
 @torch.no_grad()
 def generate(lm, prompts, max_new_tokens=512, tau=THRESHOLD, sub_block=SUB_BLOCK, use_cache=True,
-             use_relay=True):
+             use_relay=True, first_from_cache=True, stop_mid_block=True):
     """Decode a batch of token-id prompts (lists). Returns, per example, the generated ids (up
     to and excluding the stop token) and its NFE. Rows are independent: each row's passes are
-    counted only while its block has a [MASK], so batched NFE equals NFE alone."""
+    counted only while its block has a [MASK], so batched NFE equals NFE alone.
+
+    Two choices the paper leaves open follow Fast-dLLM v2's official generation by default:
+    first_from_cache: a block's first token is the argmax of the pass that wrote the previous
+    block into the cache (or of the prefill), not a [MASK] to denoise; stop_mid_block: a row is
+    finished as soon as it has revealed a stop token with nothing masked before it (the [MASK]s
+    after it are never decoded). False, False: every response token is denoised and every
+    block completed."""
     bs, dev = lm.block_size, next(lm.parameters()).device
     B = len(prompts)
     whole = [len(p) // bs * bs for p in prompts]                     # prefilled per row
@@ -76,14 +86,23 @@ def generate(lm, prompts, max_new_tokens=512, tau=THRESHOLD, sub_block=SUB_BLOCK
         h = None                                                      # h resets at each block
         if not use_cache and s > 0:                                   # the uncached reference
             last = _prefix_last_hidden(lm, ids, valid, pos, s)
+        if first_from_cache and last is not None:   # the shifted head already predicts column s
+            first = lm.logits(last[:, 0]).argmax(-1)
+            z[:, 0] = torch.where(z[:, 0] == lm.mask_id, first, z[:, 0])
+        col = torch.arange(bs, device=dev)[None]
         while True:
-            masked = z == lm.mask_id
+            is_mask = z == lm.mask_id
+            masked = is_mask.clone()                # still to decode
+            if stop_mid_block:                      # [MASK]s after a revealed stop are moot
+                stops = (z == lm.stop_id) & is_resp
+                first_stop = torch.where(stops.any(1), stops.float().argmax(1), bs)
+                masked &= col < first_stop[:, None]
             active = masked.any(1)
             if not active.any():
                 break
             sub = (masked.float().argmax(1) // sub_block)             # current sub-block per row
-            in_sub = (torch.arange(bs, device=dev)[None] // sub_block) == sub[:, None]
-            emb = lm.embed(z, h if use_relay else None, where=masked if use_relay else None)
+            in_sub = col // sub_block == sub[:, None]
+            emb = lm.embed(z, h if use_relay else None, where=is_mask if use_relay else None)
             hidden = _block_pass(lm, emb, ids, valid, pos, s, e, cache, write=False)
             hs = shift_states(hidden, last if last is not None else hidden[:, :1] * 0, bs)
             conf, pred = lm.logits(hs).float().softmax(-1).max(-1)
@@ -91,6 +110,7 @@ def generate(lm, prompts, max_new_tokens=512, tau=THRESHOLD, sub_block=SUB_BLOCK
             z = torch.where(reveal, pred, z)
             h = hs if h is None else torch.where(active[:, None, None], hs, h)
             nfe += active.long()
+        z = torch.where(z == lm.mask_id, lm.pad_id, z)             # only after a stop
         ids[:, s:e] = z
         hit_stop = ((z == lm.stop_id) & is_resp).any(1)
         if use_cache:                                                 # write the finished block
@@ -139,6 +159,23 @@ def _prefix_last_hidden(lm, ids, valid, pos, s):
 # -----------------------------------------------------------------------------
 # the command line: answer one prompt
 
+def add_decoding_flags(p):
+    p.add_argument("--tau", type=float, default=THRESHOLD,
+                   help=f"reveal threshold (the paper's {THRESHOLD}; Fast-dLLM v2's eval uses 0.9)")
+    p.add_argument("--no-relay", action="store_true", help="decode without carrying h")
+    p.add_argument("--no-first-from-cache", action="store_true",
+                   help="denoise each block's first token too (official: the argmax of the\n"
+                        "pass that cached the previous block)")
+    p.add_argument("--no-stop-mid-block", action="store_true",
+                   help="finish the block a stop token was revealed in (official: stop there)")
+
+
+def decoding_kwargs(args):
+    return dict(tau=args.tau, use_relay=not args.no_relay,
+                first_from_cache=not args.no_first_from_cache,
+                stop_mid_block=not args.no_stop_mid_block)
+
+
 def encode_prompt(tok, text, max_context):
     """Token ids of `text`; a prompt that leaves no room for the new tokens is an error."""
     ids = tok(text, add_special_tokens=False).input_ids
@@ -161,8 +198,7 @@ def main(argv=None):
     p.add_argument("--model", required=True, help="checkpoint directory (patched or not) or hub id")
     p.add_argument("--prompt", required=True, help="a user message to answer")
     p.add_argument("--max-new-tokens", type=int, default=512, help="tokens to generate at most")
-    p.add_argument("--tau", type=float, default=THRESHOLD, help="reveal threshold")
-    p.add_argument("--no-relay", action="store_true", help="decode without carrying h")
+    add_decoding_flags(p)
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     args = p.parse_args(argv)
@@ -170,7 +206,7 @@ def main(argv=None):
     text = tok.apply_chat_template([{"role": "user", "content": args.prompt}], tokenize=False,
                                    add_generation_prompt=True)
     ids = encode_prompt(tok, text, lm.qwen.config.max_position_embeddings - args.max_new_tokens)
-    gen, nfe = generate(lm, [ids], args.max_new_tokens, args.tau, use_relay=not args.no_relay)
+    gen, nfe = generate(lm, [ids], args.max_new_tokens, **decoding_kwargs(args))
     completion = tok.decode(gen[0], skip_special_tokens=True)
     r = dict(completion=completion, nfe=int(nfe[0]), tokens=len(gen[0]))
     print(json.dumps(r) if args.json else f"{completion}\n--- NFE {r['nfe']} for {r['tokens']} tokens")

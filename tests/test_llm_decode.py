@@ -104,12 +104,35 @@ def test_stop_token_ends_an_example(model):
         lm.qwen.model.embed_tokens.weight[lm.stop_id] *= 50     # stop becomes the argmax (tied head)
     try:
         stopped, nfe = sample_llm.generate(lm, ps, max_new_tokens=64)
+        full, nfe_full = sample_llm.generate(lm, ps, max_new_tokens=64, stop_mid_block=False)
     finally:
         with torch.no_grad():
             lm.qwen.model.embed_tokens.weight[lm.stop_id] = saved
     assert len(free[0]) == 64                                 # no stop: the whole budget
     assert len(stopped[0]) < 32 and lm.stop_id not in stopped[0]
     assert nfe[0] <= 32                                       # one block decoded, then stop
+    # official behaviour: stop as soon as nothing is masked before the stop, mid-block; the
+    # tokens before it are the same, the sub-blocks after it cost no passes
+    assert full == stopped and nfe[0] < nfe_full[0], (nfe, nfe_full)
+
+
+def test_a_blocks_first_token_is_the_argmax_of_the_pass_that_cached_the_previous_block(model):
+    """Checked against the training forward over [x_t || x_0] (a different code path): its
+    shifted state at a block's first column is the previous block's clean last state."""
+    lm, tok = model
+    ps = prompts(tok, [64, 96])                  # whole blocks: the response starts a block
+    for p in ps:
+        x0 = torch.tensor([p + [5] * 32])
+        z = x0.clone()
+        z[:, len(p):] = lm.mask_id
+        want = lm.logits(lm(z, x0)[:, len(p)]).argmax(-1).item()
+        for flag in (True, False):               # either way; with the flag, without a pass
+            gen, _ = sample_llm.generate(lm, [p], max_new_tokens=8, first_from_cache=flag)
+            assert gen[0][0] == want
+    ps = prompts(tok, [5, 32, 45, 70, 64])
+    _, with_first = sample_llm.generate(lm, ps, max_new_tokens=64)
+    _, without = sample_llm.generate(lm, ps, max_new_tokens=64, first_from_cache=False)
+    assert (with_first <= without).all() and with_first.sum() < without.sum(), (with_first, without)
 
 
 # -----------------------------------------------------------------------------
