@@ -533,6 +533,20 @@ def choose_backend(backend="auto", unsafe=False):
           "programs unprotected")
 
 
+def _processes_of(uid):
+    """How many processes (threads included: RLIMIT_NPROC counts them) run as `uid` now."""
+    n = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                status = f.read()
+        except OSError:
+            continue
+        if int(status.split("\nUid:")[1].split()[0]) == uid:
+            n += int(status.split("\nThreads:")[1].split()[0])
+    return n
+
+
 def _drain(fd, keep, out):
     """Read fd to its end, keeping only the last `keep` bytes: a program that floods its output
     cannot grow the evaluator's memory."""
@@ -574,15 +588,19 @@ def run_checks(code, spec, timeout=10.0, mem_mb=1024, backend="auto", unsafe=Fal
         os.close(nonce_w)
         argv = [_interpreter()[1], "-I", "-B", "harness.py", str(nonce_r), str(proof_w)]
 
+        runs_as = NOBODY if os.geteuid() == 0 and backend != "none" else os.getuid()
+        nproc = _processes_of(runs_as) + 4 * MAX_PROCS
+
         def child_setup():
             os.setsid()                    # its own process group, killed as one
             limit.attach()
+            # per process (memory, CPU, file size, no core dumps) and per user (processes: what
+            # the sandbox's user runs already plus a margin; the cgroup's cap is tighter)
             for res, v in ((resource.RLIMIT_AS, mem_mb << 20),
                            (resource.RLIMIT_CPU, int(timeout) + 1),
-                           (resource.RLIMIT_FSIZE, TMP_BYTES), (resource.RLIMIT_CORE, 0)):
+                           (resource.RLIMIT_FSIZE, TMP_BYTES), (resource.RLIMIT_CORE, 0),
+                           (resource.RLIMIT_NPROC, nproc)):
                 resource.setrlimit(res, (v, v))
-            if not limit.dirs:             # no cgroup: a per-user process cap instead
-                resource.setrlimit(resource.RLIMIT_NPROC, (MAX_PROCS, MAX_PROCS))
 
         t0, timed_out = time.time(), False
         try:
