@@ -254,10 +254,11 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def init_tiny(out_dir, corpus, seed=0, vocab_size=384):
+def init_tiny(out_dir, corpus, seed=0, vocab_size=384, hidden_size=64, layers=2, heads=4):
     """A byte-level BPE tokenizer trained on `corpus` (strings) with Fast-dLLM v2's special
-    tokens, and a random 2-layer Qwen2 with Fast-dLLM v2's config keys (model_type
-    Fast_dLLM_Qwen, bd_size 32)."""
+    tokens (vocab_size 260: the 256 bytes and the specials, no merges: one token per
+    character), and a random Qwen2 (default 2 layers, width 64) with Fast-dLLM v2's config keys
+    (model_type Fast_dLLM_Qwen, bd_size 32)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
     specials = [PAD_TOKEN, "<|im_start|>", STOP_TOKEN, MASK_TOKEN]
@@ -272,8 +273,9 @@ def init_tiny(out_dir, corpus, seed=0, vocab_size=384):
     tok.chat_template = CHAT_TEMPLATE
     torch.manual_seed(seed)
     raw = dict(model_type="Fast_dLLM_Qwen", architectures=["Fast_dLLM_QwenForCausalLM"],
-               vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+               vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+               num_hidden_layers=layers, num_attention_heads=heads,
+               num_key_value_heads=max(1, heads // 2), max_position_embeddings=2048,
                rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True, hidden_act="silu",
                bd_size=BLOCK_SIZE, bos_token_id=tok.convert_tokens_to_ids(PAD_TOKEN),
                eos_token_id=tok.convert_tokens_to_ids(STOP_TOKEN))
@@ -285,9 +287,18 @@ def init_tiny(out_dir, corpus, seed=0, vocab_size=384):
 
 
 def fixture_corpus(path=FIXTURE, repeat=20):
-    """The fixture's prompts and responses as tokenizer-training text."""
-    rows = [json.loads(line) for line in open(path) if line.strip()]
-    return [r["prompt"] + " " + r["response"] for r in rows] * repeat
+    """A jsonl file's prompts and responses (default: the fixture's) as tokenizer-training text."""
+    if not os.path.exists(path):
+        raise LLMError(f"{path}: no such file")
+    rows = []
+    for n, line in enumerate(open(path), 1):
+        if line.strip():
+            try:
+                r = json.loads(line)
+                rows.append(r["prompt"] + " " + r["response"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise LLMError(f"{path}:{n}: not a JSON object with prompt and response") from None
+    return rows * repeat
 
 
 def main(argv=None):
@@ -296,8 +307,17 @@ def main(argv=None):
                    help="write a tiny random Fast-dLLM v2-layout checkpoint (tokenizer trained on "
                         "the repository's fixture) to DIR")
     p.add_argument("--seed", type=int, default=1, help="torch seed of the random weights")
+    p.add_argument("--corpus", default=FIXTURE,
+                   help="jsonl of {prompt, response} the tokenizer is trained on (default: fixture)")
+    p.add_argument("--vocab-size", type=int, default=384,
+                   help="tokenizer size (260: one token per character, no merges)")
+    p.add_argument("--hidden-size", type=int, default=64, help="model width")
+    p.add_argument("--layers", type=int, default=2, help="transformer layers")
+    p.add_argument("--heads", type=int, default=4, help="attention heads")
     args = p.parse_args(argv)
-    init_tiny(args.init_tiny, fixture_corpus(), seed=args.seed)
+    init_tiny(args.init_tiny, fixture_corpus(args.corpus, repeat=1 if args.corpus != FIXTURE else 20),
+              seed=args.seed, vocab_size=args.vocab_size, hidden_size=args.hidden_size,
+              layers=args.layers, heads=args.heads)
     print(f"wrote a tiny random Fast-dLLM v2-layout checkpoint to {args.init_tiny}")
     return args.init_tiny
 

@@ -234,3 +234,41 @@ def test_prepare_llm_from_local_files(tmp_path):
     assert src.count("code") == 6 and src.count("math") == 3   # the two unfit code rows dropped
     assert all("def " in r["response"] for r in rows if r["source"] == "code")
     assert len(out.read_text().splitlines()) == 9
+
+
+def test_toy_tasks_have_right_answers_and_disjoint_splits():
+    """data/toy_tasks.py: every answer recomputed from the prompt's text, splits disjoint,
+    the same seed gives the same rows, and each task's answers have the advertised lengths."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("toy_tasks", os.path.join(ROOT, "data", "toy_tasks.py"))
+    toy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(toy)
+    rows = {s: toy.generate(s, 60, seed=3) for s in toy.SPLITS}
+    prompts = {s: {r["prompt"] for r in rows[s]} for s in rows}
+    assert all(len(prompts[s]) == 180 for s in rows)
+    assert not (prompts["train"] & prompts["val"] or prompts["train"] & prompts["test"]
+                or prompts["val"] & prompts["test"])
+    assert toy.generate("test", 60, seed=3) == rows["test"] != toy.generate("test", 60, seed=4)
+    for r in rows["train"] + rows["test"]:
+        kind, arg = r["prompt"].split(": ")
+        want = {"Add": lambda: str(sum(int(x) for x in arg.split(" + "))),
+                "Sort": lambda: " ".join(str(x) for x in sorted(int(x) for x in arg.split())),
+                "Reverse": lambda: "".join(reversed(arg))}[kind]()
+        assert r["answer"] == r["response"] == want and r["task"] == kind.lower()
+        assert toy.exact_match(f" {want}\n", r["answer"]) and not toy.exact_match(want + "0", want)
+    longest_sort = max(len(r["answer"]) for r in rows["train"] if r["task"] == "sort")
+    assert longest_sort > 32                        # spans two 32-token blocks (one char each)
+
+
+def test_init_tiny_sizes_and_a_character_tokenizer(tmp_path):
+    d = str(tmp_path / "m")
+    llm.main(["--init-tiny", d, "--vocab-size", "260", "--hidden-size", "32", "--layers", "1",
+              "--heads", "2"])
+    lm, tok, _ = llm.load_relay_lm(d)
+    cfg = lm.qwen.config
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, len(tok)) == (32, 1, 2, 260)
+    assert len(tok("Sort: 12 7", add_special_tokens=False).input_ids) == 10   # one per character
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x", "response": "y"}\n{"prompt": "x"}\n')
+    with pytest.raises(llm.LLMError, match=f"{bad}:2:"):
+        llm.main(["--init-tiny", str(tmp_path / "m2"), "--corpus", str(bad)])
