@@ -173,15 +173,17 @@ def llm_decode_speed(lm, tok, prompt_tokens, new_tokens, use_relay=True):
     text = " ".join(json.loads(line)["response"] for line in open(FIXTURE) if line.strip())
     ids = tok(text, add_special_tokens=False).input_ids
     prompt = (ids * (prompt_tokens // len(ids) + 1))[:prompt_tokens]
-    times, outs = {}, {}
-    for cached in (True, False):
+    times, outs, nfes = {}, {}, {}
+    for mode, kw in (("cached", {}), ("uncached", dict(use_cache=False)),
+                     ("sub_block", dict(sub_block_cache=True))):
         t = time.time()
-        outs[cached], _ = generate(lm, [prompt], new_tokens, THRESHOLD, use_cache=cached,
-                                   use_relay=use_relay)
-        times[cached] = time.time() - t
-    return dict(prompt_tokens=len(prompt), new_tokens=new_tokens, cached_s=times[True],
-                uncached_s=times[False], speedup=times[False] / times[True],
-                identical_tokens=outs[True] == outs[False])
+        outs[mode], nfe = generate(lm, [prompt], new_tokens, THRESHOLD, use_relay=use_relay, **kw)
+        times[mode], nfes[mode] = time.time() - t, int(nfe[0])
+    return dict(prompt_tokens=len(prompt), new_tokens=new_tokens, cached_s=times["cached"],
+                uncached_s=times["uncached"], speedup=times["uncached"] / times["cached"],
+                identical_tokens=outs["cached"] == outs["uncached"], nfe=nfes["cached"],
+                sub_block_s=times["sub_block"], sub_block_nfe=nfes["sub_block"],
+                sub_block_same_tokens=outs["sub_block"] == outs["cached"])
 
 
 DECODING_OPTIONS = {   # sample_llm.generate's options: the default, then one departure at a time
@@ -243,12 +245,18 @@ def bench_llm(args, device):
           f"the loaded model and data): " + " | ".join(f"{m} {v:.3f} GiB" for m, v in mem.items())
           + f" | relay/sft {mem['relay'] / max(mem['sft'], 1e-12):.3f}")
     lm, tok = load_for_decoding(args.llm_model, str(device))
+    per_pass = {}
     for use_relay in (True, False):
         r = llm_decode_speed(lm, tok, args.decode_prompt_tokens, args.decode_new_tokens, use_relay)
+        per_pass[use_relay] = r["cached_s"] / r["nfe"]
         print(f"LLM decoding ({'relay' if use_relay else 'no relay'}), prompt {r['prompt_tokens']} "
               f"tokens, {r['new_tokens']} new: cached {r['cached_s']:.2f} s, uncached "
               f"{r['uncached_s']:.2f} s -> {r['speedup']:.1f}x, identical tokens: "
-              f"{r['identical_tokens']}")
+              f"{r['identical_tokens']} | sub-block cache {r['sub_block_s']:.2f} s "
+              f"({r['cached_s'] / r['sub_block_s']:.2f}x the cached decoder), NFE "
+              f"{r['sub_block_nfe']} vs {r['nfe']}, same tokens: {r['sub_block_same_tokens']}")
+    print(f"LLM relay overhead per cached pass: {1000 * per_pass[True]:.1f} ms vs "
+          f"{1000 * per_pass[False]:.1f} ms without ({100 * (per_pass[True] / per_pass[False] - 1):+.1f}%)")
     nfe, n = llm_decoding_nfe(lm, tok, args.decode_new_tokens)
     print(f"LLM decoding NFE ({n} fixture prompts, {args.decode_new_tokens} new tokens at most): "
           + " | ".join(f"{k} {v:.1f}" for k, v in nfe.items()))

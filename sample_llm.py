@@ -44,7 +44,7 @@ def block_mask(valid, q_start, q_len, k_len, block_size):
 
 @torch.no_grad()
 def generate(lm, prompts, max_new_tokens=512, tau=THRESHOLD, sub_block=SUB_BLOCK, use_cache=True,
-             use_relay=True, first_from_cache=True, stop_mid_block=True):
+             use_relay=True, first_from_cache=True, stop_mid_block=True, sub_block_cache=False):
     """Decode a batch of token-id prompts (lists). Returns, per example, the generated ids (up
     to and excluding the stop token) and its NFE. Rows are independent: each row's passes are
     counted only while its block has a [MASK], so batched NFE equals NFE alone.
@@ -54,7 +54,14 @@ def generate(lm, prompts, max_new_tokens=512, tau=THRESHOLD, sub_block=SUB_BLOCK
     block into the cache (or of the prefill), not a [MASK] to denoise; stop_mid_block: a row is
     finished as soon as it has revealed a stop token with nothing masked before it (the [MASK]s
     after it are never decoded). False, False: every response token is denoised and every
-    block completed."""
+    block completed.
+
+    sub_block_cache: Fast-dLLM v2's intra-block cache (approximate). A sub-block's first pass
+    runs the whole block and keeps its K/V; its later passes run only the sub-block's 8 tokens
+    against the prefix and those (stale) K/V of the rest of the block, so the relay state
+    changes only where the pass ran: the sub-block, where the still-masked tokens are."""
+    if sub_block_cache and not use_cache:
+        raise LLMError("sub_block_cache needs the KV cache (use_cache=True)")
     bs, dev = lm.block_size, next(lm.parameters()).device
     B = len(prompts)
     whole = [len(p) // bs * bs for p in prompts]                     # prefilled per row
@@ -90,6 +97,8 @@ def generate(lm, prompts, max_new_tokens=512, tau=THRESHOLD, sub_block=SUB_BLOCK
             first = lm.logits(last[:, 0]).argmax(-1)
             z[:, 0] = torch.where(z[:, 0] == lm.mask_id, first, z[:, 0])
         col = torch.arange(bs, device=dev)[None]
+        full_sub = torch.full((B,), -1, device=dev)   # sub-block of the last whole-block pass
+        block_hidden = None
         while True:
             is_mask = z == lm.mask_id
             masked = is_mask.clone()                # still to decode
@@ -103,7 +112,15 @@ def generate(lm, prompts, max_new_tokens=512, tau=THRESHOLD, sub_block=SUB_BLOCK
             sub = (masked.float().argmax(1) // sub_block)             # current sub-block per row
             in_sub = col // sub_block == sub[:, None]
             emb = lm.embed(z, h if use_relay else None, where=is_mask if use_relay else None)
-            hidden = _block_pass(lm, emb, ids, valid, pos, s, e, cache, write=False)
+            if not sub_block_cache:
+                hidden = _block_pass(lm, emb, ids, valid, pos, s, e, cache, write=False)
+            elif (active & (sub != full_sub)).any():    # a sub-block starts: the whole block
+                _crop_to(cache, s)
+                hidden = lm.run(emb, block_mask(valid, s, bs, e, bs), pos[:, s:e], cache)
+                full_sub = torch.where(active, sub, full_sub)
+            else:                                       # its 8 tokens against the block's K/V
+                hidden = _sub_block_pass(lm, emb, valid, pos, s, sub, sub_block, cache, block_hidden)
+            block_hidden = hidden
             hs = shift_states(hidden, last if last is not None else hidden[:, :1] * 0, bs)
             conf, pred = lm.logits(hs).float().softmax(-1).max(-1)
             reveal = unmask_threshold(conf, masked & in_sub, tau, group=bs) & active[:, None]
@@ -114,6 +131,7 @@ def generate(lm, prompts, max_new_tokens=512, tau=THRESHOLD, sub_block=SUB_BLOCK
         ids[:, s:e] = z
         hit_stop = ((z == lm.stop_id) & is_resp).any(1)
         if use_cache:                                                 # write the finished block
+            _crop_to(cache, s)
             hidden = _block_pass(lm, lm.embed(z), ids, valid, pos, s, e, cache, write=True)
             last = hidden[:, -1:]
         done |= hit_stop | (e - prompt_end >= max_new_tokens)        # per-row budget
@@ -147,7 +165,34 @@ def _block_pass(lm, emb, ids, valid, pos, s, e, cache, write):
         return hidden[:, s:e]
     hidden = lm.run(emb, block_mask(valid, s, e - s, e, bs), pos[:, s:e], cache)
     if not write:
-        cache.crop(-(cache.get_seq_length() - s))   # negative: drop that many (all versions)
+        _crop_to(cache, s)
+    return hidden
+
+
+def _crop_to(cache, n):
+    """Keep the first n cached positions (negative crop: drop that many, in every version)."""
+    extra = cache.get_seq_length() - n
+    if extra > 0:
+        cache.crop(-extra)
+
+
+def _sub_block_pass(lm, emb, valid, pos, s, sub, sub_block, cache, block_hidden):
+    """The block's hidden states when only each row's current sub-block is recomputed: its
+    tokens attend to the prefix, to the cached K/V of the block's other columns from the
+    sub-block's first pass, and to each other; the other columns keep that pass's states.
+    The cache holds prefix + block (s + bs); the 8 fresh entries are dropped again."""
+    bs = lm.block_size
+    B = emb.shape[0]
+    rows = torch.arange(B, device=emb.device)[:, None]
+    cols = sub[:, None] * sub_block + torch.arange(sub_block, device=emb.device)[None]   # (B, 8)
+    stale = (torch.arange(bs, device=emb.device)[None] // sub_block) != sub[:, None]     # (B, bs)
+    mask = torch.cat([valid[:, None, :s].expand(B, sub_block, s),
+                      stale[:, None].expand(B, sub_block, bs),
+                      torch.ones(B, sub_block, sub_block, dtype=torch.bool, device=emb.device)], -1)
+    fresh = lm.run(emb[rows, cols], mask[:, None], pos[:, s:s + bs][rows, cols], cache)
+    _crop_to(cache, s + bs)
+    hidden = block_hidden.clone()
+    hidden[rows, cols] = fresh
     return hidden
 
 
@@ -168,12 +213,14 @@ def add_decoding_flags(p):
                         "pass that cached the previous block)")
     p.add_argument("--no-stop-mid-block", action="store_true",
                    help="finish the block a stop token was revealed in (official: stop there)")
+    p.add_argument("--sub-block-cache", action="store_true",
+                   help="Fast-dLLM v2's intra-block KV cache (approximate; off: exact)")
 
 
 def decoding_kwargs(args):
     return dict(tau=args.tau, use_relay=not args.no_relay,
                 first_from_cache=not args.no_first_from_cache,
-                stop_mid_block=not args.no_stop_mid_block)
+                stop_mid_block=not args.no_stop_mid_block, sub_block_cache=args.sub_block_cache)
 
 
 def encode_prompt(tok, text, max_context):

@@ -95,6 +95,40 @@ def test_decoding_relay_step_equals_training_relay_step(model):
     assert not torch.allclose(llm.shift_states(hid0, pre[:, -1:], bs), hs_train[:, blk])
 
 
+def test_sub_block_cache_is_exact_where_it_should_be(model):
+    """Fast-dLLM v2's intra-block cache: a sub-block pass on unchanged tokens reproduces the
+    whole-block pass at those columns (the mask, positions and cache bookkeeping are right);
+    with one sub-block per block every later pass recomputes everything, so decoding equals the
+    exact decoder; with 8-token sub-blocks it runs and keeps the cache at the prefix length."""
+    lm, tok = model
+    bs, L = lm.block_size, 96
+    torch.manual_seed(2)
+    ids = torch.randint(10, len(tok) - 10, (2, L))
+    z = ids[:, 64:].clone()
+    z[:, 20:] = lm.mask_id
+    valid = torch.ones(2, L, dtype=torch.bool)
+    pos = torch.arange(L)[None].expand(2, -1)
+    cache = sample_llm._new_cache(lm)
+    lm.run(lm.embed(ids[:, :64]), sample_llm.block_mask(valid, 0, 64, 64, bs), pos[:, :64], cache)
+    h = torch.randn(2, bs, lm.qwen.config.hidden_size, dtype=torch.float64)
+    emb = lm.embed(z, h, where=z == lm.mask_id)
+    full = lm.run(emb, sample_llm.block_mask(valid, 64, bs, L, bs), pos[:, 64:], cache)
+    assert cache.get_seq_length() == 96
+    sub = torch.tensor([2, 3])                   # the rows sit in different sub-blocks
+    part = sample_llm._sub_block_pass(lm, emb, valid, pos, 64, sub, 8, cache, full * 0)
+    assert cache.get_seq_length() == 96
+    for b in range(2):
+        c = slice(8 * sub[b], 8 * sub[b] + 8)
+        assert torch.allclose(part[b, c], full[b, c], atol=1e-10)
+        assert (part[b, :8 * sub[b]] == 0).all()     # the other columns: the given states
+    ps = prompts(tok, [5, 40, 64])
+    exact, n1 = sample_llm.generate(lm, ps, max_new_tokens=40, sub_block=bs)
+    approx, n2 = sample_llm.generate(lm, ps, max_new_tokens=40, sub_block=bs, sub_block_cache=True)
+    assert exact == approx and (n1 == n2).all()
+    out, nfe = sample_llm.generate(lm, ps, max_new_tokens=40, sub_block_cache=True)
+    assert all(len(o) == 40 for o in out) and (nfe >= 40 // 8).all()
+
+
 def test_stop_token_ends_an_example(model):
     lm, tok = model
     ps = prompts(tok, [12])
