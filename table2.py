@@ -1,0 +1,299 @@
+"""
+The paper's Table 2 in miniature, on a CPU: a toy block-diffusion LM (a small Qwen2 in Fast-dLLM
+v2's layout, one token per character) learns three verifiable tasks (data/toy_tasks.py: add,
+sort, reverse) by vanilla block-diffusion SFT from scratch (the "Fast-dLLM v2" base), then every
+method of train_llm.py fine-tunes that base for the same steps, plus SFT for K times as many (the
+same forward passes as a K-pass method). Each model decodes the held-out test prompts with the
+cached block decoder (sample_llm.generate, the paper's threshold 0.85, 8-token sub-blocks) and a
+sweep of thresholds; the score is exact match per task, and NFE.
+
+    python table2.py --preset toy              # results/toy_llm/: table2.md, frontier.png
+    python table2.py --preset toy --report-only
+
+Everything resumes: data, base and runs are skipped when finished and a run cut off continues
+from its checkpoint (train_llm.py --resume); evaluations are cached in each run's eval.json.
+"""
+import argparse
+import concurrent.futures
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+from common import UsageError, atomic_write, load_checkpoint, run_main, save_figure
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+_spec = importlib.util.spec_from_file_location("toy_tasks", os.path.join(HERE, "data", "toy_tasks.py"))
+toy_tasks = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(toy_tasks)
+
+TABLE_TAU = 0.85                              # the paper's decoding threshold
+SWEEP_TAUS = (0.99, 0.95, 0.9, 0.85, 0.7, 0.5)
+METHODS = ("sft", "rollout", "relay_sg", "relay")
+PRESETS = {
+    # sized for about an hour on 2 CPU cores (README); one thread per run, two runs at once
+    "toy": dict(n_train=20000, n_eval=200, hidden=128, layers=4, heads=4, seq_len=128, batch=16,
+                base_steps=2400, base_lr=1e-3, ft_steps=300, ft_lr=3e-4),
+    # seconds: the tests' end-to-end run
+    "smoke": dict(n_train=60, n_eval=4, hidden=32, layers=1, heads=2, seq_len=128, batch=2,
+                  base_steps=4, base_lr=1e-3, ft_steps=2, ft_lr=3e-4),
+}
+
+p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+p.add_argument("--preset", default="toy", choices=list(PRESETS), help="sizes and budgets")
+p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+               help="fine-tuning methods (sft also runs at K x the steps: equal forward passes)")
+p.add_argument("--seeds", nargs="+", type=int, default=[1, 2], help="one fine-tune per seed")
+p.add_argument("--K", type=int, default=2, help="forwards per update of the rollout methods")
+p.add_argument("--jobs", type=int, default=None, help="runs at once (default: one per core)")
+p.add_argument("--runs-dir", default=None, help="default: out/table2/<preset>")
+p.add_argument("--results-dir", default=None, help="default: results/toy_llm (toy preset)")
+p.add_argument("--report-only", action="store_true", help="no training: table from what exists")
+
+
+class Run:
+    """One trained model: its directory, how it is trained, and from what."""
+
+    def __init__(self, name, method, steps, lr, seed, init, runs_dir):
+        self.name, self.method, self.steps, self.lr, self.seed, self.init = \
+            name, method, steps, lr, seed, init
+        self.dir = os.path.join(runs_dir, name)
+        self.ckpt = os.path.join(self.dir, "ckpt")
+
+    def step(self):
+        path = os.path.join(self.ckpt, "state.pt")
+        return load_checkpoint(path)["step"] if os.path.exists(path) else 0
+
+
+def plan(args, cfg, runs_dir):
+    """The base run, then every (method, seed) fine-tune, sft also at K x the steps."""
+    base = Run("base", "sft", cfg["base_steps"], cfg["base_lr"], 0, os.path.join(runs_dir, "init"),
+               runs_dir)
+    runs = []
+    for m in args.methods:
+        for s in args.seeds:
+            runs.append(Run(f"{m}_s{s}", m, cfg["ft_steps"], cfg["ft_lr"], s, base.ckpt, runs_dir))
+            if m == "sft" and args.K > 1:
+                runs.append(Run(f"sft_x{args.K}_s{s}", m, args.K * cfg["ft_steps"], cfg["ft_lr"], s,
+                                base.ckpt, runs_dir))
+    return base, runs
+
+
+def prepare(cfg, runs_dir):
+    """The task files and the untrained model (tokenizer trained on the training split)."""
+    data = os.path.join(runs_dir, "data")
+    if not os.path.exists(os.path.join(data, "test.jsonl")):
+        toy_tasks.main(["--out", data, "--n-train", str(cfg["n_train"]),
+                        "--n-eval", str(cfg["n_eval"])])
+    init = os.path.join(runs_dir, "init")
+    if not os.path.exists(os.path.join(init, "config.json")):
+        subprocess.run([sys.executable, os.path.join(HERE, "llm.py"), "--init-tiny", init,
+                        "--corpus", os.path.join(data, "train.jsonl"), "--vocab-size", "260",
+                        "--hidden-size", str(cfg["hidden"]), "--layers", str(cfg["layers"]),
+                        "--heads", str(cfg["heads"]), "--seed", "0"], check=True)
+    return data
+
+
+def train(run, cfg, data, K, threads):
+    """train_llm.py to run.steps, resuming what a previous invocation left."""
+    at = run.step()
+    if at >= run.steps:
+        return 0.0
+    t0 = time.time()
+    cmd = [sys.executable, os.path.join(HERE, "train_llm.py"), "--model", run.init,
+           "--method", run.method, "--K", str(K), "--preset", "cpu", "--data",
+           os.path.join(data, "train.jsonl"), "--seq-len", str(cfg["seq_len"]), "--batch-size",
+           str(cfg["batch"]), "--grad-accum", "1", "--lr", str(run.lr), "--max-iters",
+           str(run.steps), "--max-minutes", "0", "--ckpt-interval", str(max(1, run.steps // 4)),
+           "--log-interval", "50", "--seed", str(run.seed), "--out-dir", run.dir,
+           "--no-progress", *(["--resume"] if at > 0 else [])]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    os.makedirs(run.dir, exist_ok=True)
+    with open(os.path.join(run.dir, "train.log"), "a") as log:
+        r = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if r.returncode:
+        raise RuntimeError(f"{run.name}: train_llm.py exited {r.returncode} (see {run.dir}/train.log)")
+    return time.time() - t0
+
+
+def evaluate(run, data, batch_size=64):
+    """Exact match per task and NFE on the test split at every threshold of the sweep, cached
+    in <run>/eval.json (redone only when the checkpoint's step changed)."""
+    from sample_llm import encode_prompt, generate, load_for_decoding
+    out = os.path.join(run.dir, "eval.json")
+    step = run.step()
+    if os.path.exists(out):
+        cached = json.load(open(out))
+        if cached["step"] == step and [r["tau"] for r in cached["rows"]] == list(SWEEP_TAUS):
+            return cached
+    lm, tok = load_for_decoding(run.ckpt, "cpu")
+    rows = [json.loads(line) for line in open(os.path.join(data, "test.jsonl"))]
+    ctx = lm.qwen.config.max_position_embeddings
+    prompts = [encode_prompt(tok, tok.apply_chat_template([{"role": "user", "content": r["prompt"]}],
+                                                          tokenize=False, add_generation_prompt=True),
+                             ctx) for r in rows]
+    max_new = max(len(tok(r["answer"], add_special_tokens=False).input_ids) for r in rows) + 8
+    res = []
+    for tau in SWEEP_TAUS:
+        ok, nfe = [], []
+        for s in range(0, len(prompts), batch_size):
+            gen, n = generate(lm, prompts[s:s + batch_size], max_new, tau)
+            ok += [toy_tasks.exact_match(tok.decode(g, skip_special_tokens=True), r["answer"])
+                   for g, r in zip(gen, rows[s:s + batch_size])]
+            nfe += n.tolist()
+        ok, nfe = np.array(ok), np.array(nfe, dtype=float)
+        tasks = np.array([r["task"] for r in rows])
+        res.append(dict(tau=tau, acc=100 * ok.mean(), nfe=nfe.mean(),
+                        per_task={t: dict(acc=100 * ok[tasks == t].mean(), nfe=nfe[tasks == t].mean())
+                                  for t in toy_tasks.TASKS}))
+    result = dict(step=step, n=len(rows), rows=res)
+    atomic_write(out, json.dumps(result, indent=1))
+    return result
+
+
+def do_run(run, cfg, data, K, threads):
+    dt = train(run, cfg, data, K, threads)
+    evaluate(run, data)
+    return dt
+
+
+# -----------------------------------------------------------------------------
+# the report
+
+PAPER = [("Fast-dLLM v2 (base)", 38.4, 35.4, 178.1, 46.8, 39.7, 133.0),
+         ("vanilla SFT", 38.4, 34.1, 130.7, 43.9, 38.1, 84.8),
+         ("Relay (sg)", 38.4, 35.4, 104.4, 43.1, 39.2, 80.1),
+         ("Relay", 42.1, 37.2, 88.3, 46.6, 41.5, 78.8)]
+LABELS = {"base": "base (SFT from scratch)", "sft": "SFT", "rollout": "Rollout",
+          "relay_sg": "Relay (sg)", "relay": "Relay"}
+
+
+def row_at(ev, tau):
+    return next(r for r in ev["rows"] if r["tau"] == tau)
+
+
+def groups_of(base, runs, K):
+    """{label: [eval, ...]} in report order, finished runs only."""
+    out = {}
+    if os.path.exists(os.path.join(base.dir, "eval.json")):
+        out[LABELS["base"]] = [json.load(open(os.path.join(base.dir, "eval.json")))]
+    for r in runs:
+        path = os.path.join(r.dir, "eval.json")
+        if os.path.exists(path) and r.step() >= r.steps:
+            label = LABELS[r.method] + (f", {K}x steps" if r.steps != runs[0].steps and
+                                        r.method == "sft" else "")
+            out.setdefault(label, []).append(json.load(open(path)))
+    return out
+
+
+def pm(vals, fmt="{:.1f}"):
+    vals = np.array(vals, dtype=float)
+    return fmt.format(vals.mean()) + (f" ± {fmt.format(vals.std(ddof=1))}" if len(vals) > 1 else "")
+
+
+def write_report(args, cfg, base, runs, results_dir, wall_s):
+    groups = groups_of(base, runs, args.K)
+    if not groups:
+        raise UsageError(f"{os.path.dirname(base.dir)}: nothing trained and evaluated yet")
+    lines = [f"# Table 2 in miniature (`table2.py --preset {args.preset}`)", "",
+             f"Generated {time.strftime('%Y-%m-%d %H:%M')} on {platform.processor() or platform.machine()}, "
+             f"torch {torch.__version__}; wall time {wall_s / 60:.0f} min over every invocation.",
+             "", f"Model: Qwen2 layout, width {cfg['hidden']}, {cfg['layers']} layers, "
+             f"{cfg['heads']} heads, one token per character; base: {cfg['base_steps']:,} SFT steps "
+             f"(lr {cfg['base_lr']}); fine-tunes: {cfg['ft_steps']:,} steps (lr {cfg['ft_lr']}, "
+             f"cosine), batch {cfg['batch']}, K = {args.K}; test: {cfg['n_eval']} prompts per task; "
+             f"seeds {', '.join(map(str, args.seeds))}; decoding: cached, 8-token sub-blocks, "
+             "first token from the cache-writing pass, stop mid-block.", "",
+             f"## Exact match % and NFE at tau {TABLE_TAU} (mean ± std over seeds)", "",
+             "| method | all | " + " | ".join(toy_tasks.TASKS) + " | NFE |",
+             "|---|---|" + "---|" * len(toy_tasks.TASKS) + "---|"]
+    for label, evs in groups.items():
+        rs = [row_at(e, TABLE_TAU) for e in evs]
+        lines.append(f"| {label} | {pm([r['acc'] for r in rs])} | " +
+                     " | ".join(pm([r["per_task"][t]["acc"] for r in rs]) for t in toy_tasks.TASKS)
+                     + f" | {pm([r['nfe'] for r in rs], '{:.2f}')} |")
+    lines += ["", "## Threshold sweep: exact match % @ NFE (mean over seeds)", "",
+              "| method | " + " | ".join(f"tau {t}" for t in SWEEP_TAUS) + " |",
+              "|---|" + "---|" * len(SWEEP_TAUS)]
+    for label, evs in groups.items():
+        cells = [f"{np.mean([row_at(e, t)['acc'] for e in evs]):.1f} @ "
+                 f"{np.mean([row_at(e, t)['nfe'] for e in evs]):.2f}" for t in SWEEP_TAUS]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "## The paper's Table 2 (Fast-dLLM v2 1.5B; pass@1 % and NFE)", "",
+              "| method | HumanEval base | plus | NFE | MBPP base | plus | NFE |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r[0]} | " + " | ".join(str(v) for v in r[1:]) + " |" for r in PAPER]
+    unfinished = [r.name for r in runs if r.step() < r.steps]
+    if unfinished:
+        lines += ["", f"Not finished (left out): {', '.join(unfinished)}."]
+    os.makedirs(results_dir, exist_ok=True)
+    md = "\n".join(lines) + "\n"
+    atomic_write(os.path.join(results_dir, "table2.md"), md)
+    frontier(groups, os.path.join(results_dir, "frontier.png"), args.preset)
+    return md
+
+
+def frontier(groups, path, preset):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for label, evs in groups.items():
+        xs = [np.mean([row_at(e, t)["nfe"] for e in evs]) for t in SWEEP_TAUS]
+        ys = [np.mean([row_at(e, t)["acc"] for e in evs]) for t in SWEEP_TAUS]
+        ax.plot(xs, ys, "o-", label=label, ms=4)
+        i = SWEEP_TAUS.index(TABLE_TAU)
+        ax.plot(xs[i], ys[i], "k*", ms=9)
+    ax.set_xlabel("NFE (denoising passes per answer)")
+    ax.set_ylabel("exact match % (test, all tasks)")
+    ax.set_title(f"toy block-diffusion LM ({preset}): thresholds {SWEEP_TAUS[0]}..{SWEEP_TAUS[-1]}, "
+                 f"* = {TABLE_TAU}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def main(argv=None):
+    args = p.parse_args(argv)
+    cfg = PRESETS[args.preset]
+    runs_dir = args.runs_dir or os.path.join("out", "table2", args.preset)
+    results_dir = args.results_dir or os.path.join(
+        "results", "toy_llm" if args.preset == "toy" else f"toy_llm_{args.preset}")
+    base, runs = plan(args, cfg, runs_dir)
+    log = os.path.join(runs_dir, "invocations.jsonl")
+    t0 = time.time()
+    if not args.report_only:
+        os.makedirs(runs_dir, exist_ok=True)
+        data = prepare(cfg, runs_dir)
+        cores = os.cpu_count() or 1
+        jobs = args.jobs or cores
+        threads = max(1, cores // jobs)
+        print(f"base ({cfg['base_steps']:,} SFT steps, {cores} thread(s)), then {len(runs)} "
+              f"fine-tunes, {jobs} at once, {threads} thread(s) each; logs in <run>/train.log")
+        do_run(base, cfg, data, args.K, cores)
+        with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+            futures = {pool.submit(do_run, r, cfg, data, args.K, threads): r for r in runs}
+            for n, fut in enumerate(concurrent.futures.as_completed(futures), 1):
+                print(f"[{n}/{len(runs)}] {futures[fut].name} done "
+                      f"({(time.time() - t0) / 60:.1f} min elapsed)", flush=True)
+                fut.result()
+        with open(log, "a") as f:
+            f.write(json.dumps(dict(argv=sys.argv[1:] if argv is None else argv,
+                                    wall_s=time.time() - t0)) + "\n")
+    wall = sum(json.loads(line)["wall_s"] for line in open(log)) if os.path.exists(log) else 0.0
+    md = write_report(args, cfg, base, runs, results_dir, wall)
+    print(md)
+    print(f"wrote {results_dir}/table2.md, frontier.png")
+    return md
+
+
+if __name__ == "__main__":
+    run_main(main)
