@@ -123,7 +123,7 @@ def _llm_micro_step_memory(s, method):
     if s["grad_ckpt"]:
         lm.qwen.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lm.train()
-    ids, resp, _ = train_llm.load_examples(s["data"], tok, s["seq_len"], lm.block_size)
+    ids, resp, _ = train_llm.load_examples(s["data"], tok, s["seq_len"], lm.block_size, lm.mask_id)
     rng = np.random.default_rng(0)
     stream = train_llm.ExampleStream(ids, resp, rng)
     buffer = train_llm.StreamingBuffer(s["batch_size"], s["seq_len"], lm.qwen.config.hidden_size,

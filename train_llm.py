@@ -81,7 +81,7 @@ def resolve_args(argv=None):
 # -----------------------------------------------------------------------------
 # data: chat template, labels on the response only, one example per row (no packing)
 
-def load_examples(path, tok, seq_len, block_size):
+def load_examples(path, tok, seq_len, block_size, mask_id):
     """Token rows (N, seq_len) padded with the pad token and a response mask (N, seq_len).
     Rows longer than seq_len are dropped (counted). Errors name the file and line."""
     if seq_len % block_size:
@@ -106,12 +106,15 @@ def load_examples(path, tok, seq_len, block_size):
                                              tokenize=False, add_generation_prompt=True)
             p_ids = tok(prompt, add_special_tokens=False).input_ids
             r_ids = tok(ex["response"] + STOP_TOKEN, add_special_tokens=False).input_ids
-            n_pad = seq_len - len(p_ids) - len(r_ids)
+            # the stop token's block is completed with [MASK], as decoding leaves it when it
+            # stops mid-block (sample_llm.generate): never a clean pad the response could see
+            n_fill = -(len(p_ids) + len(r_ids)) % block_size
+            n_pad = seq_len - len(p_ids) - len(r_ids) - n_fill
             if n_pad < 0:
                 dropped += 1
                 continue
-            ids.append(p_ids + r_ids + [tok.pad_token_id] * n_pad)
-            resp.append([False] * len(p_ids) + [True] * len(r_ids) + [False] * n_pad)
+            ids.append(p_ids + r_ids + [mask_id] * n_fill + [tok.pad_token_id] * n_pad)
+            resp.append([False] * len(p_ids) + [True] * len(r_ids) + [False] * (n_fill + n_pad))
     if not ids:
         raise LLMError(f"{path}: no example fits in --seq-len {seq_len} ({dropped} too long)")
     return torch.tensor(ids), torch.tensor(resp), dropped
@@ -156,7 +159,7 @@ class StreamingBuffer:
     def refill(self, stream):
         """Alg. 1 lines 2-3: rows with no masked response token left get a fresh example, every
         response token masked, h = 0 and has_h = False."""
-        done = ~(self.z == self.mask_id).any(1)
+        done = ~((self.z == self.mask_id) & self.resp).any(1)    # the fill [MASK]s stay
         n = int(done.sum())
         if n:
             ids, resp = stream.next(n)
@@ -193,10 +196,12 @@ def rollout_loss(model, buffer, rows, K, tau, *, use_relay, stop_grad, autocast)
     """Algorithm 1 lines 4-9 on buffer rows `rows`. Returns L = sum of K means and the new state."""
     lm = unwrap(model)
     z, h, has_h, x0 = buffer.z[rows], buffer.h[rows], buffer.has_h[rows], buffer.x0[rows]
+    resp = buffer.resp[rows]
     L = 0.0                                                        # line 4:  L <- 0
     for k in range(K):                                             # line 5:  for k in 0..K-1
-        masked = z == lm.mask_id
-        where = masked & has_h[:, None] if use_relay else None     # R(h) at [MASK] only
+        is_mask = z == lm.mask_id                  # response [MASK]s and the stop block's fill
+        masked = is_mask & resp
+        where = is_mask & has_h[:, None] if use_relay else None    # R(h) at [MASK] only
         with autocast:                                             # line 6:  h <- f(Emb(z) + R(h))
             hs = model(z, x0, h if use_relay else None, relay_where=where, stop_grad=stop_grad)
         loss, logits = masked_ce(lm, hs, x0, masked)               # line 7:  L <- L + CE(logits, x0)
@@ -268,7 +273,7 @@ def main(argv=None):
         lm.relay = None
     if args.grad_ckpt:
         lm.qwen.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    ids, resp, dropped = load_examples(args.data, tok, args.seq_len, lm.block_size)
+    ids, resp, dropped = load_examples(args.data, tok, args.seq_len, lm.block_size, lm.mask_id)
     stream = ExampleStream(ids, resp, rng)
 
     # LLM: no EMA and no weight-decay groups (the Fast-dLLM v2 recipe); one buffer slice per
