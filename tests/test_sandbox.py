@@ -209,8 +209,8 @@ def cgroups_here():
 def test_memory_is_capped_for_the_whole_tree(backend):
     code = ("import posix, time\nfor i in range(3):\n    if posix.fork() == 0:\n"
             "        b = bytearray(400 << 20)\n        b[::4096] = b'x' * len(b[::4096])\n"
-            "        time.sleep(2)\n        posix._exit(0)\ntime.sleep(3)\n" + WRONG)
-    ok, why, info = verdict(code, backend, timeout=8)
+            "        time.sleep(1)\n        posix._exit(0)\ntime.sleep(1.5)\n" + WRONG)
+    ok, why, info = verdict(code, backend, timeout=6)
     assert not ok and info["peak_mb"] <= 1024 + 1, info    # three children would hold 1.2 GB
 
 
@@ -221,7 +221,7 @@ def test_a_program_flooding_its_output_cannot_grow_the_evaluator(stream, backend
     probe = (f"import resource, code_eval\n"
              f"before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
              f"r = code_eval.run_checks('import sys\\nwhile True:\\n    sys.{stream}.write(\"x\" * 65536)\\n',"
-             f" {BASE!r}, timeout=3, backend={backend!r})\n"
+             f" {BASE!r}, timeout=2, backend={backend!r})\n"
              f"print(r[0], (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n")
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
                          timeout=60)
