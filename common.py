@@ -233,6 +233,20 @@ def save_figure(fig, path, dpi=120):
     atomic(lambda tmp: fig.savefig(tmp, dpi=dpi, format=os.path.splitext(path)[1][1:]), path)
 
 
+def finish_plot(fig, ax, path, xlabel, ylabel, title, xlabel_size=None):
+    """One accuracy-vs-NFE panel's labels, grid and legend; the figure written atomically and
+    closed (table1.py and table2.py's frontiers)."""
+    import matplotlib.pyplot as plt
+    ax.set_xlabel(xlabel, fontsize=xlabel_size)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
 def set_lr(opt, lr):
     for group in opt.param_groups:
         group["lr"] = lr

@@ -34,7 +34,7 @@ import torch
 
 import train_sudoku
 from data.sudoku import EXTREME_TEST_ROWS, DataError, load_boards
-from common import UsageError, atomic_write, load_checkpoint, run_main, save_figure
+from common import UsageError, atomic_write, finish_plot, load_checkpoint, run_main, save_figure
 from sample import SWEEP_TAUS
 
 HERE = os.path.dirname(os.path.abspath(__file__))   # train_sudoku.py and sample.py sit beside us
@@ -560,16 +560,10 @@ def plot_frontier(groups, keys, path, study, n_test):
                     label=f"{NAMES[m]}" + (f" ({t})" if len(study.ties) > 1 else ""))
         order = np.argsort(nm)
         ax.fill_between(nm[order], (am - asd)[order], (am + asd)[order], color=COLORS[m], alpha=0.2)
-    ax.set_xlabel(f"mean NFE (forward passes per puzzle); one point per tau, {SWEEP_TAUS[-1]} "
-                  f"at the left ... {SWEEP_TAUS[0]} at the right", fontsize=8)
-    ax.set_ylabel("exact match (%)")
-    ax.set_title(f"preset {study.preset}: {n_test} test puzzles, {study.steps:,} steps, mean ± 1 std over "
-                 f"{seeds_done(groups)}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
+    finish_plot(fig, ax, path, f"mean NFE (forward passes per puzzle); one point per tau, "
+                f"{SWEEP_TAUS[-1]} at the left ... {SWEEP_TAUS[0]} at the right", "exact match (%)",
+                f"preset {study.preset}: {n_test} test puzzles, {study.steps:,} steps, mean ± 1 std "
+                f"over {seeds_done(groups)}", xlabel_size=8)
 
 
 def plot_curves(groups, keys, path, study, unfinished=()):

@@ -27,7 +27,7 @@ import time
 import numpy as np
 import torch
 
-from common import UsageError, atomic_write, load_checkpoint, run_main, save_figure
+from common import UsageError, atomic_write, finish_plot, load_checkpoint, run_main
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 _spec = importlib.util.spec_from_file_location("toy_tasks", os.path.join(HERE, "data", "toy_tasks.py"))
@@ -270,15 +270,9 @@ def frontier(groups, path, preset):
         ax.plot(xs, ys, "o-", label=label, ms=4)
         i = SWEEP_TAUS.index(TABLE_TAU)
         ax.plot(xs[i], ys[i], "k*", ms=9)
-    ax.set_xlabel("NFE (denoising passes per answer)")
-    ax.set_ylabel("exact match % (test, all tasks)")
-    ax.set_title(f"toy block-diffusion LM ({preset}): thresholds {SWEEP_TAUS[0]}..{SWEEP_TAUS[-1]}, "
-                 f"* = {TABLE_TAU}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
+    finish_plot(fig, ax, path, "NFE (denoising passes per answer)", "exact match % (test, all tasks)",
+                f"toy block-diffusion LM ({preset}): thresholds {SWEEP_TAUS[0]}..{SWEEP_TAUS[-1]}, "
+                f"* = {TABLE_TAU}")
 
 
 def main(argv=None):
