@@ -198,11 +198,9 @@ DECODING_OPTIONS = {   # sample_llm.generate's options: the default, then one de
 def llm_decoding_nfe(lm, tok, new_tokens):
     """Mean NFE over the fixture's prompts (chat template) under each of DECODING_OPTIONS."""
     from llm import FIXTURE
-    from sample_llm import generate
+    from sample_llm import generate, user_turn
     rows = [json.loads(line) for line in open(FIXTURE) if line.strip()]
-    prompts = [tok(tok.apply_chat_template([{"role": "user", "content": r["prompt"]}],
-                                           tokenize=False, add_generation_prompt=True),
-                   add_special_tokens=False).input_ids for r in rows]
+    prompts = [tok(user_turn(tok, r["prompt"]), add_special_tokens=False).input_ids for r in rows]
     return {name: float(generate(lm, prompts, new_tokens, **kw)[1].mean())
             for name, kw in DECODING_OPTIONS.items()}, len(prompts)
 

@@ -223,6 +223,13 @@ def decoding_kwargs(args):
                 stop_mid_block=not args.no_stop_mid_block, sub_block_cache=args.sub_block_cache)
 
 
+def user_turn(tok, message):
+    """The chat template around one user message, ending where the assistant's answer starts
+    (what training puts before every response)."""
+    return tok.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
+                                   add_generation_prompt=True)
+
+
 def encode_prompt(tok, text, max_context):
     """Token ids of `text`; a prompt that leaves no room for the new tokens is an error."""
     ids = tok(text, add_special_tokens=False).input_ids
@@ -250,9 +257,8 @@ def main(argv=None):
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     args = p.parse_args(argv)
     lm, tok = load_for_decoding(args.model, args.device)
-    text = tok.apply_chat_template([{"role": "user", "content": args.prompt}], tokenize=False,
-                                   add_generation_prompt=True)
-    ids = encode_prompt(tok, text, lm.qwen.config.max_position_embeddings - args.max_new_tokens)
+    ids = encode_prompt(tok, user_turn(tok, args.prompt),
+                        lm.qwen.config.max_position_embeddings - args.max_new_tokens)
     gen, nfe = generate(lm, [ids], args.max_new_tokens, **decoding_kwargs(args))
     completion = tok.decode(gen[0], skip_special_tokens=True)
     r = dict(completion=completion, nfe=int(nfe[0]), tokens=len(gen[0]))

@@ -126,7 +126,7 @@ def train(run, cfg, data, K, threads):
 def evaluate(run, data, batch_size=64):
     """Exact match per task and NFE on the test split at every threshold of the sweep, cached
     in <run>/eval.json (redone only when the checkpoint's step changed)."""
-    from sample_llm import encode_prompt, generate, load_for_decoding
+    from sample_llm import encode_prompt, generate, load_for_decoding, user_turn
     out = os.path.join(run.dir, "eval.json")
     step = run.step()
     if os.path.exists(out):
@@ -136,11 +136,9 @@ def evaluate(run, data, batch_size=64):
             return cached
     lm, tok = load_for_decoding(run.ckpt, "cpu")
     rows = [json.loads(line) for line in open(os.path.join(data, "test.jsonl"))]
-    ctx = lm.qwen.config.max_position_embeddings
-    prompts = [encode_prompt(tok, tok.apply_chat_template([{"role": "user", "content": r["prompt"]}],
-                                                          tokenize=False, add_generation_prompt=True),
-                             ctx) for r in rows]
     max_new = max(len(tok(r["answer"], add_special_tokens=False).input_ids) for r in rows) + 8
+    ctx = lm.qwen.config.max_position_embeddings - max_new
+    prompts = [encode_prompt(tok, user_turn(tok, r["prompt"]), ctx) for r in rows]
     tasks = np.array([r["task"] for r in rows])
 
     def run(tau, **kw):

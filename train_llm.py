@@ -30,6 +30,7 @@ from common import (TrainClock, UsageError, add_run_flags, atomic_torch_save, au
                     set_lr, wrap_ddp)
 from llm import FIXTURE, LLMError, STOP_TOKEN, THRESHOLD, load_relay_lm, save_relay_lm
 from relay import unmask_threshold
+from sample_llm import user_turn
 
 # -----------------------------------------------------------------------------
 # settings. A preset fills every flag left unset; 'auto' picks 'cpu' on a CPU and 'paper' on a GPU.
@@ -102,8 +103,7 @@ def load_examples(path, tok, seq_len, block_size, mask_id):
                     raise LLMError(f"{path}:{n}: missing field {k!r} (need prompt and response)")
             if not ex["response"].strip():
                 raise LLMError(f"{path}:{n}: empty response")
-            prompt = tok.apply_chat_template([{"role": "user", "content": ex["prompt"]}],
-                                             tokenize=False, add_generation_prompt=True)
+            prompt = user_turn(tok, ex["prompt"])
             p_ids = tok(prompt, add_special_tokens=False).input_ids
             r_ids = tok(ex["response"] + STOP_TOKEN, add_special_tokens=False).input_ids
             # the stop token's block is completed with [MASK], as decoding leaves it when it

@@ -42,8 +42,7 @@ def memorised(tmp_path_factory):
 
 def decode(ckpt, rows, **kw):
     lm, tok = sample_llm.load_for_decoding(str(ckpt), "cpu")
-    ps = [tok(tok.apply_chat_template([{"role": "user", "content": r["prompt"]}], tokenize=False,
-                                      add_generation_prompt=True), add_special_tokens=False).input_ids
+    ps = [tok(sample_llm.user_turn(tok, r["prompt"]), add_special_tokens=False).input_ids
           for r in rows]
     gen, nfe = sample_llm.generate(lm, ps, 64, **kw)
     return [tok.decode(g, skip_special_tokens=True) for g in gen], nfe
