@@ -44,7 +44,8 @@ def block_mask(valid, q_start, q_len, k_len, block_size):
 
 @torch.no_grad()
 def generate(lm, prompts, max_new_tokens=512, tau=THRESHOLD, sub_block=SUB_BLOCK, use_cache=True,
-             use_relay=True, first_from_cache=True, stop_mid_block=True, sub_block_cache=False):
+             use_relay=True, first_from_cache=True, stop_mid_block=True, sub_block_cache=False,
+             relay_at_revealed=False):
     """Decode a batch of token-id prompts (lists). Returns, per example, the generated ids (up
     to and excluding the stop token) and its NFE. Rows are independent: each row's passes are
     counted only while its block has a [MASK], so batched NFE equals NFE alone.
@@ -59,7 +60,11 @@ def generate(lm, prompts, max_new_tokens=512, tau=THRESHOLD, sub_block=SUB_BLOCK
     sub_block_cache: Fast-dLLM v2's intra-block cache (approximate). A sub-block's first pass
     runs the whole block and keeps its K/V; its later passes run only the sub-block's 8 tokens
     against the prefix and those (stale) K/V of the rest of the block, so the relay state
-    changes only where the pass ran: the sub-block, where the still-masked tokens are."""
+    changes only where the pass ran: the sub-block, where the still-masked tokens are.
+
+    relay_at_revealed: an ablation of the paper's rule (Section 5) that R(h) is added at
+    still-masked positions only: add it at every response position of the block, revealed
+    tokens too, so their inputs change from pass to pass (and cached K/V of them go stale)."""
     if sub_block_cache and not use_cache:
         raise LLMError("sub_block_cache needs the KV cache (use_cache=True)")
     bs, dev = lm.block_size, next(lm.parameters()).device
@@ -111,7 +116,8 @@ def generate(lm, prompts, max_new_tokens=512, tau=THRESHOLD, sub_block=SUB_BLOCK
                 break
             sub = (masked.float().argmax(1) // sub_block)             # current sub-block per row
             in_sub = col // sub_block == sub[:, None]
-            emb = lm.embed(z, h if use_relay else None, where=is_mask if use_relay else None)
+            where = is_resp if relay_at_revealed else is_mask
+            emb = lm.embed(z, h if use_relay else None, where=where)
             if not sub_block_cache:
                 hidden = _block_pass(lm, emb, ids, valid, pos, s, e, cache, write=False)
             elif (active & (sub != full_sub)).any():    # a sub-block starts: the whole block

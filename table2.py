@@ -123,17 +123,30 @@ def train(run, cfg, data, K, threads):
     return time.time() - t0
 
 
+# The extra decodes of a relay-trained model at TABLE_TAU: the same weights with h = 0 (does the
+# relay act?), and the paper's rule that R(h) goes to still-masked positions only (Section 5:
+# it keeps the sub-block cache's entries valid) against R(h) at revealed tokens too, exact and
+# with the sub-block cache.
+RELAY_ABLATIONS = {"no_relay": dict(use_relay=False),
+                   "at_revealed": dict(relay_at_revealed=True),
+                   "at_revealed_sub_block": dict(relay_at_revealed=True, sub_block_cache=True)}
+
+
 def evaluate(run, data, batch_size=64):
-    """Exact match per task and NFE on the test split at every threshold of the sweep, cached
-    in <run>/eval.json (redone only when the checkpoint's step changed)."""
+    """Exact match per task and NFE on the test split at every threshold of the sweep, with the
+    sub-block cache, and (relay methods) RELAY_ABLATIONS; cached in <run>/eval.json, where only
+    what is missing is decoded (all again when the checkpoint's step changed)."""
     from sample_llm import encode_prompt, generate, load_for_decoding, user_turn
     out = os.path.join(run.dir, "eval.json")
     step = run.step()
-    if os.path.exists(out):
-        cached = json.load(open(out))
-        if cached["step"] == step and [r["tau"] for r in cached["rows"]] == list(SWEEP_TAUS) \
-                and "sub_block" in cached:
-            return cached
+    cached = json.load(open(out)) if os.path.exists(out) else {}
+    if cached.get("step") != step:
+        cached = {}
+    want_ablations = list(RELAY_ABLATIONS) if run.method in ("relay", "relay_sg") else []
+    have_sweep = [r["tau"] for r in cached.get("rows", [])] == list(SWEEP_TAUS)
+    if have_sweep and "sub_block" in cached and "texts" in cached and \
+            all(a in cached.get("ablations", {}) for a in want_ablations):
+        return cached
     lm, tok = load_for_decoding(run.ckpt, "cpu")
     rows = [json.loads(line) for line in open(os.path.join(data, "test.jsonl"))]
     max_new = max(len(tok(r["answer"], add_special_tokens=False).input_ids) for r in rows) + 8
@@ -141,7 +154,7 @@ def evaluate(run, data, batch_size=64):
     prompts = [encode_prompt(tok, user_turn(tok, r["prompt"]), ctx) for r in rows]
     tasks = np.array([r["task"] for r in rows])
 
-    def run(tau, **kw):
+    def decode(tau, **kw):
         texts, nfe = [], []
         for s in range(0, len(prompts), batch_size):
             gen, n = generate(lm, prompts[s:s + batch_size], max_new, tau, **kw)
@@ -152,15 +165,35 @@ def evaluate(run, data, batch_size=64):
         return texts, dict(tau=tau, acc=100 * ok.mean(), nfe=nfe.mean(),
                            per_task={t: dict(acc=100 * ok[tasks == t].mean(),
                                              nfe=nfe[tasks == t].mean()) for t in toy_tasks.TASKS})
-    res, exact_texts = [], None
-    for tau in SWEEP_TAUS:
-        texts, row = run(tau)
-        res.append(row)
-        if tau == TABLE_TAU:
-            exact_texts = texts
-    texts, sub = run(TABLE_TAU, sub_block_cache=True)     # Fast-dLLM v2's intra-block cache
-    sub["same_as_exact"] = 100 * float(np.mean([a == b for a, b in zip(texts, exact_texts)]))
-    result = dict(step=step, n=len(rows), rows=res, sub_block=sub)
+
+    def agreement(a, b):
+        return 100 * float(np.mean([x == y for x, y in zip(a, b)]))
+
+    result = dict(cached, step=step, n=len(rows))
+    if not have_sweep:
+        result["rows"] = []
+        for tau in SWEEP_TAUS:
+            texts, row = decode(tau)
+            result["rows"].append(row)
+            if tau == TABLE_TAU:
+                result["texts"] = texts                 # the table's answers, for later checks
+        result.pop("sub_block", None)
+    elif "texts" not in result:                         # written before texts were kept
+        result["texts"] = decode(TABLE_TAU)[0]
+    exact = result["texts"]
+    if "sub_block" not in result:                       # Fast-dLLM v2's intra-block cache
+        texts, result["sub_block"] = decode(TABLE_TAU, sub_block_cache=True)
+        result["sub_block"]["same_as_exact"] = agreement(texts, exact)
+    abl = result.setdefault("ablations", {})
+    for name in want_ablations:                         # in order: at_revealed before its cache
+        if name in abl:
+            continue
+        texts, abl[name] = decode(TABLE_TAU, **RELAY_ABLATIONS[name])
+        abl[name]["same_as_exact"] = agreement(texts, exact)
+        if name == "at_revealed":
+            result["texts_at_revealed"] = texts
+        elif name == "at_revealed_sub_block":           # against its own exact decoder
+            abl[name]["same_as_its_exact"] = agreement(texts, result["texts_at_revealed"])
     atomic_write(out, json.dumps(result, indent=1))
     return result
 
@@ -243,6 +276,27 @@ def write_report(args, cfg, base, runs, results_dir, wall_s):
                      f"{np.mean([r['nfe'] for r in ex]):.2f} | {np.mean([r['acc'] for r in sb]):.1f} / "
                      f"{np.mean([r['nfe'] for r in sb]):.2f} | "
                      f"{np.mean([r['same_as_exact'] for r in sb]):.1f} |")
+    relay_groups = {k: v for k, v in groups.items() if all("ablations" in e and e["ablations"]
+                                                           for e in v)}
+    if relay_groups:
+        lines += ["", f"## The relay's rule in decoding at tau {TABLE_TAU}: R(h) at still-masked "
+                  "positions only (the paper) or at revealed tokens too; h = 0 (mean over seeds; "
+                  "acc % / NFE, and % of answers the same as the exact masked-only decoder's, or "
+                  "as the same rule's exact decoder's)", "",
+                  "| method | masked only, exact | masked only, sub-block cache (same %) | "
+                  "at revealed too, exact (same %) | at revealed too, sub-block cache (same as "
+                  "its exact %) | h = 0 (same %) |", "|---|---|---|---|---|---|"]
+
+        def cell(rs, same=None):
+            return (f"{np.mean([r['acc'] for r in rs]):.1f} / {np.mean([r['nfe'] for r in rs]):.2f}"
+                    + (f" ({np.mean([r[same] for r in rs]):.1f})" if same else ""))
+        for label, evs in relay_groups.items():
+            ab = [e["ablations"] for e in evs]
+            lines.append(f"| {label} | {cell([row_at(e, TABLE_TAU) for e in evs])} | "
+                         f"{cell([e['sub_block'] for e in evs], 'same_as_exact')} | "
+                         f"{cell([a['at_revealed'] for a in ab], 'same_as_exact')} | "
+                         f"{cell([a['at_revealed_sub_block'] for a in ab], 'same_as_its_exact')} | "
+                         f"{cell([a['no_relay'] for a in ab], 'same_as_exact')} |")
     lines += ["", "## The paper's Table 2 (Fast-dLLM v2 1.5B; pass@1 % and NFE)", "",
               "| method | HumanEval base | plus | NFE | MBPP base | plus | NFE |",
               "|---|---|---|---|---|---|---|"]

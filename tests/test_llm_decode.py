@@ -129,6 +129,34 @@ def test_sub_block_cache_is_exact_where_it_should_be(model):
     assert all(len(o) == 40 for o in out) and (nfe >= 40 // 8).all()
 
 
+def test_the_relay_reaches_still_masked_positions_only_unless_asked(model, monkeypatch):
+    """The paper's rule (Section 5): each pass adds R(h) at [MASK]s only, so a revealed token's
+    input is its plain embedding in every later pass (its cached K/V stay valid); the
+    relay_at_revealed ablation adds it there too. Checked on the inputs of every denoising pass."""
+    lm, tok = model
+    ps = prompts(tok, [5, 40])
+    for at_revealed in (False, True):
+        seen = []
+        real_embed = lm.embed
+        def embed(z, h=None, **kw):
+            out = real_embed(z, h, **kw)
+            if h is not None:
+                seen.append((z.clone(), out - lm.qwen.model.embed_tokens(z)))
+            return out
+        monkeypatch.setattr(lm, "embed", embed)
+        sample_llm.generate(lm, ps, max_new_tokens=40, relay_at_revealed=at_revealed)
+        monkeypatch.undo()
+        assert seen                                        # passes that carried h
+        added_at_mask = torch.cat([d[z == lm.mask_id].abs().sum(-1) for z, d in seen])
+        added_at_token = torch.cat([d[(z != lm.mask_id) & (z != lm.pad_id)].abs().sum(-1)
+                                    for z, d in seen])
+        assert (added_at_mask > 0).all()                   # the relay acts at every [MASK]
+        if at_revealed:
+            assert (added_at_token > 0).any()
+        else:
+            assert (added_at_token == 0).all()
+
+
 def test_stop_token_ends_an_example(model):
     lm, tok = model
     ps = prompts(tok, [12])
