@@ -166,8 +166,8 @@ def _proc_status(key):
 
 def llm_decode_speed(lm, tok, prompt_tokens, new_tokens, use_relay=True):
     """Cached vs uncached (recompute the prefix every pass) decoding of one prompt made of the
-    fixture's responses repeated to `prompt_tokens`: wall time of each and whether the tokens
-    agree."""
+    fixture's responses repeated to `prompt_tokens`, `new_tokens` at most (fewer if the model
+    stops): wall time of each and whether the tokens agree."""
     from llm import FIXTURE, THRESHOLD
     from sample_llm import generate
     text = " ".join(json.loads(line)["response"] for line in open(FIXTURE) if line.strip())
@@ -179,7 +179,7 @@ def llm_decode_speed(lm, tok, prompt_tokens, new_tokens, use_relay=True):
         t = time.time()
         outs[mode], nfe = generate(lm, [prompt], new_tokens, THRESHOLD, use_relay=use_relay, **kw)
         times[mode], nfes[mode] = time.time() - t, int(nfe[0])
-    return dict(prompt_tokens=len(prompt), new_tokens=new_tokens, cached_s=times["cached"],
+    return dict(prompt_tokens=len(prompt), new_tokens=len(outs["cached"][0]), cached_s=times["cached"],
                 uncached_s=times["uncached"], speedup=times["uncached"] / times["cached"],
                 identical_tokens=outs["cached"] == outs["uncached"], nfe=nfes["cached"],
                 sub_block_s=times["sub_block"], sub_block_nfe=nfes["sub_block"],
@@ -248,8 +248,9 @@ def bench_llm(args, device):
         r = llm_decode_speed(lm, tok, args.decode_prompt_tokens, args.decode_new_tokens, use_relay)
         per_pass[use_relay] = r["cached_s"] / r["nfe"]
         print(f"LLM decoding ({'relay' if use_relay else 'no relay'}), prompt {r['prompt_tokens']} "
-              f"tokens, {r['new_tokens']} new: cached {r['cached_s']:.2f} s, uncached "
-              f"{r['uncached_s']:.2f} s -> {r['speedup']:.1f}x, identical tokens: "
+              f"tokens, {r['new_tokens']} new: cached {r['cached_s']:.2f} s "
+              f"({r['new_tokens'] / r['cached_s']:.0f} tokens/s), uncached {r['uncached_s']:.2f} s "
+              f"({r['new_tokens'] / r['uncached_s']:.0f} tokens/s) -> {r['speedup']:.1f}x, identical tokens: "
               f"{r['identical_tokens']} | sub-block cache {r['sub_block_s']:.2f} s "
               f"({r['cached_s'] / r['sub_block_s']:.2f}x the cached decoder), NFE "
               f"{r['sub_block_nfe']} vs {r['nfe']}, same tokens: {r['sub_block_same_tokens']}")

@@ -254,11 +254,13 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def init_tiny(out_dir, corpus, seed=0, vocab_size=384, hidden_size=64, layers=2, heads=4):
+def init_tiny(out_dir, corpus, seed=0, vocab_size=384, hidden_size=64, layers=2, heads=4,
+              rope_theta=1e6):
     """A byte-level BPE tokenizer trained on `corpus` (strings) with Fast-dLLM v2's special
     tokens (vocab_size 260: the 256 bytes and the specials, no merges: one token per
     character), and a random Qwen2 (default 2 layers, width 64) with Fast-dLLM v2's config keys
-    (model_type Fast_dLLM_Qwen, bd_size 32)."""
+    (model_type Fast_dLLM_Qwen, bd_size 32). rope_theta: Qwen2.5's 1e6 by default; a narrow
+    toy model resolves nearby positions better with 1e4 (Qwen2's own default)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
     specials = [PAD_TOKEN, "<|im_start|>", STOP_TOKEN, MASK_TOKEN]
@@ -276,7 +278,7 @@ def init_tiny(out_dir, corpus, seed=0, vocab_size=384, hidden_size=64, layers=2,
                vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
                num_hidden_layers=layers, num_attention_heads=heads,
                num_key_value_heads=max(1, heads // 2), max_position_embeddings=2048,
-               rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True, hidden_act="silu",
+               rope_theta=rope_theta, rms_norm_eps=1e-6, tie_word_embeddings=True, hidden_act="silu",
                bd_size=BLOCK_SIZE, bos_token_id=tok.convert_tokens_to_ids(PAD_TOKEN),
                eos_token_id=tok.convert_tokens_to_ids(STOP_TOKEN))
     cfg = Qwen2Config(**{k: raw[k] for k in QWEN2_KEYS if k in raw})
@@ -314,10 +316,12 @@ def main(argv=None):
     p.add_argument("--hidden-size", type=int, default=64, help="model width")
     p.add_argument("--layers", type=int, default=2, help="transformer layers")
     p.add_argument("--heads", type=int, default=4, help="attention heads")
+    p.add_argument("--rope-theta", type=float, default=1e6,
+                   help="RoPE base (Fast-dLLM v2's 1e6; 1e4 suits a toy model's short contexts)")
     args = p.parse_args(argv)
     init_tiny(args.init_tiny, fixture_corpus(args.corpus, repeat=1 if args.corpus != FIXTURE else 20),
               seed=args.seed, vocab_size=args.vocab_size, hidden_size=args.hidden_size,
-              layers=args.layers, heads=args.heads)
+              layers=args.layers, heads=args.heads, rope_theta=args.rope_theta)
     print(f"wrote a tiny random Fast-dLLM v2-layout checkpoint to {args.init_tiny}")
     return args.init_tiny
 

@@ -251,22 +251,28 @@ def test_toy_tasks_have_right_answers_and_disjoint_splits():
     assert toy.generate("test", 60, seed=3) == rows["test"] != toy.generate("test", 60, seed=4)
     for r in rows["train"] + rows["test"]:
         kind, arg = r["prompt"].split(": ")
-        want = {"Add": lambda: str(sum(int(x) for x in arg.split(" + "))),
-                "Sort": lambda: " ".join(str(x) for x in sorted(int(x) for x in arg.split())),
-                "Reverse": lambda: "".join(reversed(arg))}[kind]()
-        assert r["answer"] == r["response"] == want and r["task"] == kind.lower()
+        kind = kind.split()[0]
+        digits = [int(x) for x in arg.split() if x.isdigit()]
+        want = {"Add": lambda: f"{digits[0] + digits[1]:05d}",
+                "Running": lambda: " ".join(str(sum(digits[:i + 1]) % 10)
+                                            for i in range(len(digits))),
+                "Rotate": lambda: arg[3:] + arg[:3]}[kind]()
+        task = {"Add": "add", "Running": "prefix", "Rotate": "rotate"}[kind]
+        assert r["answer"] == r["response"] == want and r["task"] == task
         assert toy.exact_match(f" {want}\n", r["answer"]) and not toy.exact_match(want + "0", want)
-    longest_sort = max(len(r["answer"]) for r in rows["train"] if r["task"] == "sort")
-    assert longest_sort > 32                        # spans two 32-token blocks (one char each)
+    lengths = {t: {len(r["answer"]) for r in rows["train"] if r["task"] == t} for t in toy.TASKS}
+    assert lengths == {"add": {5}, "prefix": {23}, "rotate": {12}}     # one layout per task
 
 
 def test_init_tiny_sizes_and_a_character_tokenizer(tmp_path):
     d = str(tmp_path / "m")
     llm.main(["--init-tiny", d, "--vocab-size", "260", "--hidden-size", "32", "--layers", "1",
-              "--heads", "2"])
+              "--heads", "2", "--rope-theta", "1e4"])
     lm, tok, _ = llm.load_relay_lm(d)
     cfg = lm.qwen.config
     assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, len(tok)) == (32, 1, 2, 260)
+    theta = getattr(cfg, "rope_theta", None) or cfg.rope_parameters["rope_theta"]   # transformers 5
+    assert theta == 1e4
     assert len(tok("Sort: 12 7", add_special_tokens=False).input_ids) == 10   # one per character
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "x", "response": "y"}\n{"prompt": "x"}\n')
