@@ -348,16 +348,21 @@ def main(argv=None):
         threads = max(1, cores // jobs)
         print(f"base ({cfg['base_steps']:,} SFT steps, {cores} thread(s)), then {len(runs)} "
               f"fine-tunes, {jobs} at once, {threads} thread(s) each; logs in <run>/train.log")
+        earlier = open(log).read() if os.path.exists(log) else ""
+        entry = dict(argv=sys.argv[1:] if argv is None else argv, wall_s=0.0)
+
+        def log_time():   # this invocation's line, rewritten after every run: one stopped keeps it
+            entry["wall_s"] = time.time() - t0
+            atomic_write(log, earlier + json.dumps(entry) + "\n")
         do_run(base, cfg, data, args.K, cores)
+        log_time()
         with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
             futures = {pool.submit(do_run, r, cfg, data, args.K, threads): r for r in runs}
             for n, fut in enumerate(concurrent.futures.as_completed(futures), 1):
                 print(f"[{n}/{len(runs)}] {futures[fut].name} done "
                       f"({(time.time() - t0) / 60:.1f} min elapsed)", flush=True)
                 fut.result()
-        with open(log, "a") as f:
-            f.write(json.dumps(dict(argv=sys.argv[1:] if argv is None else argv,
-                                    wall_s=time.time() - t0)) + "\n")
+                log_time()
     wall = sum(json.loads(line)["wall_s"] for line in open(log)) if os.path.exists(log) else 0.0
     md = write_report(args, cfg, base, runs, results_dir, wall)
     print(md)

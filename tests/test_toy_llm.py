@@ -96,6 +96,8 @@ def test_table2_smoke_runs_end_to_end(tmp_path):
     for label in ("base (SFT from scratch)", "| Relay |", "tau 0.85"):
         assert label in md
     assert (tmp_path / "res" / "frontier.png").stat().st_size > 1000
+    invocations = (tmp_path / "runs" / "invocations.jsonl").read_text().splitlines()
+    assert len(invocations) == 1 and json.loads(invocations[0])["wall_s"] > 0
     again = table2.main(["--preset", "smoke", "--seeds", "1", "--methods", "relay",
                          "--runs-dir", str(tmp_path / "runs"), "--results-dir",
                          str(tmp_path / "res"), "--report-only"])
