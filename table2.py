@@ -40,8 +40,9 @@ SWEEP_TAUS = (0.99, 0.95, 0.9, 0.85, 0.7, 0.5)
 METHODS = ("sft", "rollout", "relay_sg", "relay")
 PRESETS = {
     # sized for about an hour on 2 CPU cores (README); one thread per run, two runs at once
-    # (rotary base 1e4, not Qwen2.5's 1e6: with 1e6 this model had learned no task at all after
-    # 2,400 steps; sequence 96 holds the longest row, the running sum, with its block filled)
+    # (rotary base 1e4, not Qwen2.5's 1e6: on the same data the 1e6 model was not yet copying at
+    # step 400 where this one was, README; sequence 96 holds the longest row, the running sum,
+    # with its block filled)
     "toy": dict(n_train=20000, n_eval=100, hidden=128, layers=4, heads=4, rope_theta=1e4,
                 seq_len=96, batch=16, base_steps=2400, base_lr=3e-3, ft_steps=300, ft_lr=3e-4),
     # seconds: the tests' end-to-end run
