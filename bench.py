@@ -246,7 +246,7 @@ def bench_llm(args, device):
     per_pass = {}
     for use_relay in (True, False):
         r = llm_decode_speed(lm, tok, args.decode_prompt_tokens, args.decode_new_tokens, use_relay)
-        per_pass[use_relay] = r["cached_s"] / r["nfe"]
+        per_pass[use_relay] = r["cached_s"] / max(r["nfe"], 1)   # 0 passes: stopped at once
         print(f"LLM decoding ({'relay' if use_relay else 'no relay'}), prompt {r['prompt_tokens']} "
               f"tokens, {r['new_tokens']} new: cached {r['cached_s']:.2f} s "
               f"({r['new_tokens'] / r['cached_s']:.0f} tokens/s), uncached {r['uncached_s']:.2f} s "

@@ -136,10 +136,9 @@ def load_tasks(task, data_dir=None, path=None):
 
 def chat_prompt(tok, problem_prompt):
     """EvalPlus's instruction prompt; the response prefix opens the code block for the model."""
+    from llm import user_turn          # here, so scoring a samples file needs no torch
     user = f"{INSTRUCTION}\n```\n{problem_prompt.strip()}\n```\n"
-    text = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
-                                   add_generation_prompt=True)
-    return text + f"{RESPONSE_PREFIX}\n```python\n"
+    return user_turn(tok, user) + f"{RESPONSE_PREFIX}\n```python\n"
 
 
 def extract_code(completion):

@@ -254,6 +254,13 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
+def user_turn(tok, message):
+    """The chat template around one user message, ending where the assistant's answer starts
+    (what training puts before every response; decoding and evaluation build prompts with it)."""
+    return tok.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
+                                   add_generation_prompt=True)
+
+
 def init_tiny(out_dir, corpus, seed=0, vocab_size=384, hidden_size=64, layers=2, heads=4,
               rope_theta=1e6):
     """A byte-level BPE tokenizer trained on `corpus` (strings) with Fast-dLLM v2's special

@@ -21,7 +21,7 @@ import json
 import torch
 
 from common import resolve_device, run_main
-from llm import LLMError, THRESHOLD, load_relay_lm, shift_states
+from llm import LLMError, THRESHOLD, load_relay_lm, shift_states, user_turn
 from relay import unmask_threshold
 
 SUB_BLOCK = 8     # Fast-dLLM v2's sub-block: a 32-token block is decoded as four of these
@@ -227,13 +227,6 @@ def decoding_kwargs(args):
     return dict(tau=args.tau, use_relay=not args.no_relay,
                 first_from_cache=not args.no_first_from_cache,
                 stop_mid_block=not args.no_stop_mid_block, sub_block_cache=args.sub_block_cache)
-
-
-def user_turn(tok, message):
-    """The chat template around one user message, ending where the assistant's answer starts
-    (what training puts before every response)."""
-    return tok.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
-                                   add_generation_prompt=True)
 
 
 def encode_prompt(tok, text, max_context):

@@ -28,9 +28,8 @@ from common import (TrainClock, UsageError, add_run_flags, atomic_torch_save, au
                     check_replicas, close_distributed, gather_objects, init_distributed,
                     resolve_preset, load_checkpoint, restore_rng, rng_state, run_main, seeded_rng,
                     set_lr, wrap_ddp)
-from llm import FIXTURE, LLMError, STOP_TOKEN, THRESHOLD, load_relay_lm, save_relay_lm
+from llm import FIXTURE, LLMError, STOP_TOKEN, THRESHOLD, load_relay_lm, save_relay_lm, user_turn
 from relay import unmask_threshold
-from sample_llm import user_turn
 
 # -----------------------------------------------------------------------------
 # settings. A preset fills every flag left unset; 'auto' picks 'cpu' on a CPU and 'paper' on a GPU.
