@@ -27,11 +27,12 @@ def evaluate_model(lm, tok, problems, max_new_tokens=512, batch_size=8, workers=
     ctx = lm.qwen.config.max_position_embeddings - max_new_tokens
     prompts = [encode_prompt(tok, code_eval.chat_prompt(tok, q["prompt"]), ctx) for q in problems]
     t0 = time.time()
-    completions, nfes, n_tokens = [], [], []
+    completions, nfes, nfes_official, n_tokens = [], [], [], []
     for s in tqdm(range(0, len(prompts), batch_size), desc="decoding", disable=not progress):
-        gen, nfe = generate(lm, prompts[s:s + batch_size], max_new_tokens, **decoding)
+        gen, nfe, nfe_official = generate(lm, prompts[s:s + batch_size], max_new_tokens, **decoding)
         completions += [tok.decode(g, skip_special_tokens=True) for g in gen]
         nfes += nfe.tolist()
+        nfes_official += nfe_official.tolist()
         n_tokens += [max(len(g), 1) for g in gen]
     decode_s = time.time() - t0
     results = code_eval.evaluate_solutions(problems, [code_eval.extract_code(c) for c in completions],
@@ -39,10 +40,12 @@ def evaluate_model(lm, tok, problems, max_new_tokens=512, batch_size=8, workers=
     plus = [r["plus"] for r in results if r["plus"] is not None]
     summary = dict(n=len(problems), pass1_base=100.0 * float(np.mean([r["base"] for r in results])),
                    pass1_plus=100.0 * float(np.mean(plus)) if plus else None,
-                   nfe=float(np.mean(nfes)), nfe_per_token=float(np.mean(np.array(nfes) / n_tokens)),
+                   nfe=float(np.mean(nfes)), nfe_official=float(np.mean(nfes_official)),
+                   nfe_per_token=float(np.mean(np.array(nfes) / n_tokens)),
                    wall_s=time.time() - t0, decode_s=decode_s, max_new_tokens=max_new_tokens,
                    **decoding)
-    rows = [dict(r, nfe=n, completion=c) for r, c, n in zip(results, completions, nfes)]
+    rows = [dict(r, nfe=n, nfe_official=o, completion=c)
+            for r, c, n, o in zip(results, completions, nfes, nfes_official)]
     return rows, summary
 
 
@@ -81,7 +84,8 @@ def main(argv=None):
     else:
         plus = f", plus {summary['pass1_plus']:.1f}%" if summary["pass1_plus"] is not None else ""
         print(f"{args.task}: n {summary['n']} | pass@1 base {summary['pass1_base']:.1f}%{plus} | "
-              f"NFE {summary['nfe']:.1f} ({summary['nfe_per_token']:.3f}/token) | "
+              f"NFE {summary['nfe']:.1f} ({summary['nfe_per_token']:.3f}/token; official count "
+              f"{summary['nfe_official']:.1f}) | "
               f"{summary['wall_s']:.0f} s | {out}")
     return summary
 

@@ -65,10 +65,14 @@ class RelayLM(nn.Module):
         return self.qwen.lm_head
 
     def logits(self, hs):
-        """UnEmb(h) with [MASK] excluded: a revealed token is never [MASK] (else it would stay
-        masked for ever), in training and in decoding alike."""
-        out = self.qwen.lm_head(hs)
-        return out.index_fill(-1, torch.tensor([self.mask_id], device=out.device), float("-inf"))
+        """UnEmb(h) with [MASK] excluded: what decoding (and Alg. 1 line 8's confidences in
+        training) choose from; a revealed token is never [MASK]. The training loss keeps [MASK]
+        in its softmax instead (train_llm.masked_ce)."""
+        return self.exclude_mask(self.qwen.lm_head(hs))
+
+    def exclude_mask(self, logits):
+        return logits.index_fill(-1, torch.tensor([self.mask_id], device=logits.device),
+                                 float("-inf"))
 
     def forward(self, x_t, x0, h=None, relay_where=None, stop_grad=False):
         """Training forward over [x_t || x_0], both halves at positions 0..T-1 (METHOD.md 7).

@@ -10,10 +10,12 @@ sub-blocks in order. A pass runs the whole block against the cache without writi
 reveals, in the current sub-block, masked tokens with confidence > tau plus its single most
 confident one (relay.unmask_threshold). A full block gets one more pass that writes its K/V.
 As in Fast-dLLM v2's official generation (where the paper is silent): a block's first token
-is that pass's (or the prefill's) argmax, and a row stops once it has revealed a stop token
-with nothing masked before it, mid-block (--no-first-from-cache, --no-stop-mid-block: not).
-The relay: h resets at each block; each pass adds R(h) from the previous pass at [MASK]s.
-NFE = denoising passes per example (prefill and cache-writing passes not counted).
+is that pass's (or the prefill's) argmax (--no-first-from-cache: not), and the block a stop
+token is revealed in is completed. The relay: h resets at each block; each pass adds R(h)
+from the previous pass at [MASK]s.
+NFE, two counts (METHOD.md 7): ours = denoising passes until the answer is final (the stop
+revealed with nothing masked before it); official = passes until the stop's block is complete,
+within the official decoder's block budget. Prefill and cache-writing passes count in neither.
 """
 import argparse
 import json
@@ -44,23 +46,30 @@ def block_mask(valid, q_start, q_len, k_len, block_size):
 
 @torch.no_grad()
 def generate(lm, prompts, max_new_tokens=512, tau=THRESHOLD, sub_block=SUB_BLOCK, use_cache=True,
-             use_relay=True, first_from_cache=True, stop_mid_block=True, sub_block_cache=False,
+             use_relay=True, first_from_cache=True, sub_block_cache=False,
              relay_at_revealed=False):
     """Decode a batch of token-id prompts (lists). Returns, per example, the generated ids (up
-    to and excluding the stop token) and its NFE. Rows are independent: each row's passes are
-    counted only while its block has a [MASK], so batched NFE equals NFE alone.
+    to and excluding the stop token) and its NFE counted two ways (numpy arrays):
+      nfe: ours, the denoising passes until the answer is final, i.e. until the row has
+        revealed a stop token with nothing masked before it (the [MASK]s after it are moot),
+        or its max_new_tokens are covered (whole blocks, the last one cut);
+      nfe_official: Fast-dLLM v2's evaluation decoder (batch_sample): passes until the stop
+        token's block is complete, over at most max_new_tokens // 32 blocks (the first holds
+        the prompt's tail, so its budget is max_new_tokens - 31 to max_new_tokens tokens).
+    The stop's block is always completed, as the official decoder does, so both can be counted;
+    the answer is the same either way (every token before the stop is revealed when ours
+    stops). Rows are independent: each row's passes are counted only while it has a [MASK], and
+    every choice is made per row, so batched equals alone.
 
-    Two choices the paper leaves open follow Fast-dLLM v2's official generation by default:
-    first_from_cache: a block's first token is the argmax of the pass that wrote the previous
-    block into the cache (or of the prefill), not a [MASK] to denoise; stop_mid_block: a row is
-    finished as soon as it has revealed a stop token with nothing masked before it (the [MASK]s
-    after it are never decoded). False, False: every response token is denoised and every
-    block completed.
+    first_from_cache (the official generation's choice, where the paper is silent): a block's
+    first token is the argmax of the pass that wrote the previous block into the cache (or of
+    the prefill), not a [MASK] to denoise.
 
-    sub_block_cache: Fast-dLLM v2's intra-block cache (approximate). A sub-block's first pass
-    runs the whole block and keeps its K/V; its later passes run only the sub-block's 8 tokens
-    against the prefix and those (stale) K/V of the rest of the block, so the relay state
-    changes only where the pass ran: the sub-block, where the still-masked tokens are.
+    sub_block_cache: Fast-dLLM v2's intra-block cache (approximate), with its rule: a row runs
+    the whole block on the block's first pass and on every pass while its current sub-block's
+    first token is still [MASK], keeping the block's K/V; its other passes run only the
+    sub-block's 8 tokens against the prefix and those (stale) K/V, so the relay state changes
+    only where the pass ran: the sub-block, where the still-masked tokens are.
 
     relay_at_revealed: an ablation of the paper's rule (Section 5) that R(h) is added at
     still-masked positions only: add it at every response position of the block, revealed
@@ -73,6 +82,7 @@ def generate(lm, prompts, max_new_tokens=512, tau=THRESHOLD, sub_block=SUB_BLOCK
     C0 = max(whole)                                                   # first decoded column
     pad = [C0 - w for w in whole]                                     # a multiple of bs
     n_blocks = -(-(max(len(p) - w for p, w in zip(prompts, whole)) + max_new_tokens) // bs)
+    official_blocks = max_new_tokens // bs                            # batch_sample's budget
     total = C0 + n_blocks * bs
     ids = torch.full((B, total), lm.pad_id, dtype=torch.long, device=dev)
     valid = torch.zeros(B, total, dtype=torch.bool, device=dev)       # real (non-pad) columns
@@ -89,7 +99,10 @@ def generate(lm, prompts, max_new_tokens=512, tau=THRESHOLD, sub_block=SUB_BLOCK
     else:
         last = None
     nfe = torch.zeros(B, dtype=torch.long, device=dev)
+    nfe_official = torch.zeros(B, dtype=torch.long, device=dev)
     done = torch.zeros(B, dtype=torch.bool, device=dev)
+    rows = torch.arange(B, device=dev)
+    col = torch.arange(bs, device=dev)[None]
     for blk in range(n_blocks):
         s, e = C0 + blk * bs, C0 + (blk + 1) * bs
         cols = torch.arange(s, e, device=dev)
@@ -101,39 +114,34 @@ def generate(lm, prompts, max_new_tokens=512, tau=THRESHOLD, sub_block=SUB_BLOCK
         if first_from_cache and last is not None:   # the shifted head already predicts column s
             first = lm.logits(last[:, 0]).argmax(-1)
             z[:, 0] = torch.where(z[:, 0] == lm.mask_id, first, z[:, 0])
-        col = torch.arange(bs, device=dev)[None]
-        full_sub = torch.full((B,), -1, device=dev)   # sub-block of the last whole-block pass
         block_hidden = None
         while True:
             is_mask = z == lm.mask_id
-            masked = is_mask.clone()                # still to decode
-            if stop_mid_block:                      # [MASK]s after a revealed stop are moot
-                stops = (z == lm.stop_id) & is_resp
-                first_stop = torch.where(stops.any(1), stops.float().argmax(1), bs)
-                masked &= col < first_stop[:, None]
-            active = masked.any(1)
+            active = is_mask.any(1)                 # the block is decoded to the end
             if not active.any():
                 break
-            sub = (masked.float().argmax(1) // sub_block)             # current sub-block per row
+            stops = (z == lm.stop_id) & is_resp     # ours stops counting at the first stop
+            first_stop = torch.where(stops.any(1), stops.float().argmax(1), bs)
+            pending = (is_mask & (col < first_stop[:, None])).any(1)
+            sub = is_mask.float().argmax(1) // sub_block                  # current sub-block per row
             in_sub = col // sub_block == sub[:, None]
             where = is_resp if relay_at_revealed else is_mask
             emb = lm.embed(z, h if use_relay else None, where=where)
             if not sub_block_cache:
                 hidden = _block_pass(lm, emb, ids, valid, pos, s, e, cache, write=False)
-            elif (active & (sub != full_sub)).any():    # a sub-block starts: the whole block
-                _crop_to(cache, s)
-                hidden = lm.run(emb, block_mask(valid, s, bs, e, bs), pos[:, s:e], cache)
-                full_sub = torch.where(active, sub, full_sub)
-            else:                                       # its 8 tokens against the block's K/V
-                hidden = _sub_block_pass(lm, emb, valid, pos, s, sub, sub_block, cache, block_hidden)
+            else:   # the official rule, per row: the whole block while the sub-block's first
+                    # token is [MASK] (and on the block's first pass), else the sub-block alone
+                run_whole = (z[rows, sub * sub_block] == lm.mask_id) | (block_hidden is None)
+                hidden = _sub_block_cache_pass(lm, emb, valid, pos, s, sub, sub_block, cache,
+                                               block_hidden, run_whole, active)
             block_hidden = hidden
             hs = shift_states(hidden, last if last is not None else hidden[:, :1] * 0, bs)
             conf, pred = lm.logits(hs).float().softmax(-1).max(-1)
-            reveal = unmask_threshold(conf, masked & in_sub, tau, group=bs) & active[:, None]
+            reveal = unmask_threshold(conf, is_mask & in_sub, tau, group=bs) & active[:, None]
             z = torch.where(reveal, pred, z)
             h = hs if h is None else torch.where(active[:, None, None], hs, h)
-            nfe += active.long()
-        z = torch.where(z == lm.mask_id, lm.pad_id, z)             # only after a stop
+            nfe += pending.long()
+            nfe_official += (active & (blk < official_blocks)).long()
         ids[:, s:e] = z
         hit_stop = ((z == lm.stop_id) & is_resp).any(1)
         if use_cache:                                                 # write the finished block
@@ -149,7 +157,7 @@ def generate(lm, prompts, max_new_tokens=512, tau=THRESHOLD, sub_block=SUB_BLOCK
         if lm.stop_id in gen:
             gen = gen[:gen.index(lm.stop_id)]
         out.append(gen[:max_new_tokens])
-    return out, nfe.cpu().numpy()
+    return out, nfe.cpu().numpy(), nfe_official.cpu().numpy()
 
 
 def _new_cache(lm):
@@ -202,6 +210,32 @@ def _sub_block_pass(lm, emb, valid, pos, s, sub, sub_block, cache, block_hidden)
     return hidden
 
 
+def _sub_block_cache_pass(lm, emb, valid, pos, s, sub, sub_block, cache, block_hidden, whole,
+                          active):
+    """One pass under the intra-block cache: rows in `whole` run the whole block (and keep its
+    K/V for their later sub-block passes), the other active rows only their current sub-block.
+    A batch that mixes the two runs both and keeps, per row, its own states and its own block
+    K/V, so every row decodes as it would alone (inactive rows: either, unused)."""
+    bs = lm.block_size
+    e = s + bs
+    need_whole, need_sub = (whole & active).any(), (~whole & active).any()
+    if need_sub:
+        part = _sub_block_pass(lm, emb, valid, pos, s, sub, sub_block, cache, block_hidden)
+        if not need_whole:
+            return part
+        kept = [(layer.keys[:, :, s:e].clone(), layer.values[:, :, s:e].clone())
+                for layer in cache.layers]
+    _crop_to(cache, s)
+    full = lm.run(emb, block_mask(valid, s, bs, e, bs), pos[:, s:e], cache)
+    if not need_sub:
+        return full
+    stay = ~whole                  # these rows keep the K/V of their own last whole-block pass
+    for layer, (k, v) in zip(cache.layers, kept):
+        layer.keys[stay, :, s:e] = k[stay]
+        layer.values[stay, :, s:e] = v[stay]
+    return torch.where(whole[:, None, None], full, part)
+
+
 def _prefix_last_hidden(lm, ids, valid, pos, s):
     hidden = lm.run(lm.embed(ids[:, :s]), block_mask(valid, 0, s, s, lm.block_size), pos[:, :s])
     return hidden[:, -1:]
@@ -217,16 +251,13 @@ def add_decoding_flags(p):
     p.add_argument("--no-first-from-cache", action="store_true",
                    help="denoise each block's first token too (official: the argmax of the\n"
                         "pass that cached the previous block)")
-    p.add_argument("--no-stop-mid-block", action="store_true",
-                   help="finish the block a stop token was revealed in (official: stop there)")
     p.add_argument("--sub-block-cache", action="store_true",
                    help="Fast-dLLM v2's intra-block KV cache (approximate; off: exact)")
 
 
 def decoding_kwargs(args):
     return dict(tau=args.tau, use_relay=not args.no_relay,
-                first_from_cache=not args.no_first_from_cache,
-                stop_mid_block=not args.no_stop_mid_block, sub_block_cache=args.sub_block_cache)
+                first_from_cache=not args.no_first_from_cache, sub_block_cache=args.sub_block_cache)
 
 
 def encode_prompt(tok, text, max_context):
@@ -258,10 +289,12 @@ def main(argv=None):
     lm, tok = load_for_decoding(args.model, args.device)
     ids = encode_prompt(tok, user_turn(tok, args.prompt),
                         lm.qwen.config.max_position_embeddings - args.max_new_tokens)
-    gen, nfe = generate(lm, [ids], args.max_new_tokens, **decoding_kwargs(args))
+    gen, nfe, nfe_official = generate(lm, [ids], args.max_new_tokens, **decoding_kwargs(args))
     completion = tok.decode(gen[0], skip_special_tokens=True)
-    r = dict(completion=completion, nfe=int(nfe[0]), tokens=len(gen[0]))
-    print(json.dumps(r) if args.json else f"{completion}\n--- NFE {r['nfe']} for {r['tokens']} tokens")
+    r = dict(completion=completion, nfe=int(nfe[0]), nfe_official=int(nfe_official[0]),
+             tokens=len(gen[0]))
+    print(json.dumps(r) if args.json else
+          f"{completion}\n--- NFE {r['nfe']} (official count {r['nfe_official']}) for {r['tokens']} tokens")
     return r
 
 

@@ -39,9 +39,9 @@ TABLE_TAU = 0.85                              # the paper's decoding threshold
 SWEEP_TAUS = (0.99, 0.95, 0.9, 0.85, 0.7, 0.5)
 METHODS = ("sft", "rollout", "relay_sg", "relay")
 PRESETS = {
-    # sized for about an hour on 2 CPU cores (README); one thread per run, two runs at once
+    # sized for about an hour on 2 CPU cores (results/toy_llm); one thread per run, two runs at once
     # (rotary base 1e4, not Qwen2.5's 1e6: on the same data the 1e6 model was not yet copying at
-    # step 400 where this one was, README; sequence 96 holds the longest row, the running sum,
+    # step 400 where this one was, results/toy_llm; sequence 96 holds the longest row, the running sum,
     # with its block filled)
     "toy": dict(n_train=20000, n_eval=100, hidden=128, layers=4, heads=4, rope_theta=1e4,
                 seq_len=96, batch=16, base_steps=2400, base_lr=3e-3, ft_steps=300, ft_lr=3e-4),
@@ -160,14 +160,16 @@ def evaluate(run, data, batch_size=64):
     tasks = np.array([r["task"] for r in rows])
 
     def decode(tau, **kw):
-        texts, nfe = [], []
+        texts, nfe, nfe_official = [], [], []
         for s in range(0, len(prompts), batch_size):
-            gen, n = generate(lm, prompts[s:s + batch_size], max_new, tau, **kw)
+            gen, n, n_off = generate(lm, prompts[s:s + batch_size], max_new, tau, **kw)
             texts += [tok.decode(g, skip_special_tokens=True) for g in gen]
             nfe += n.tolist()
+            nfe_official += n_off.tolist()
         ok = np.array([toy_tasks.exact_match(t, r["answer"]) for t, r in zip(texts, rows)])
         nfe = np.array(nfe, dtype=float)
         return texts, dict(tau=tau, acc=100 * ok.mean(), nfe=nfe.mean(),
+                           nfe_official=float(np.mean(nfe_official)),
                            per_task={t: dict(acc=100 * ok[tasks == t].mean(),
                                              nfe=nfe[tasks == t].mean()) for t in toy_tasks.TASKS})
 

@@ -183,9 +183,13 @@ def unwrap(model):
 
 
 def masked_ce(lm, hs, x0, masked):
-    """Mean CE over masked response tokens; lm_head only at those positions (152k wide)."""
-    logits = lm.logits(hs[masked])                                   # (N, V)
-    return F.cross_entropy(logits.float(), x0[masked]), logits
+    """Mean CE over masked response tokens; lm_head only at those positions (152k wide).
+    [MASK] stays inside the softmax, as in Fast-dLLM v2's recipe, so training pushes its logit
+    down and a decoder that takes the argmax over the whole vocabulary (the official one) never
+    picks it; our decoder and Alg. 1 line 8's confidences exclude it (lm.logits).
+    Returns the loss and those confidences' logits (N, V)."""
+    logits = lm.lm_head(hs[masked])                                  # (N, V)
+    return F.cross_entropy(logits.float(), x0[masked]), lm.exclude_mask(logits)
 
 
 # -----------------------------------------------------------------------------

@@ -47,19 +47,62 @@ def prompts(tok, lengths):
 def test_cached_equals_uncached(model):
     lm, tok = model
     ps = prompts(tok, [5, 32, 45, 70])
-    cached, n1 = sample_llm.generate(lm, ps, max_new_tokens=40)
-    uncached, n2 = sample_llm.generate(lm, ps, max_new_tokens=40, use_cache=False)
-    assert cached == uncached and (n1 == n2).all()
+    cached, n1, o1 = sample_llm.generate(lm, ps, max_new_tokens=40)
+    uncached, n2, o2 = sample_llm.generate(lm, ps, max_new_tokens=40, use_cache=False)
+    assert cached == uncached and (n1 == n2).all() and (o1 == o2).all()
     assert all(len(c) > 0 for c in cached)
 
 
-def test_batched_nfe_equals_alone(model):
+class PassTrace:
+    """Records, for every denoising pass of sample_llm.generate, the block's tokens z going in,
+    its input Emb(z) + R(h) (from lm.embed) and the query lengths of the stack runs it made
+    (32: the whole block, 8: a sub-block), without changing what is computed."""
+
+    def row(self, i, mask_id):
+        """Row i's inputs over the passes in which it still had a [MASK] (the passes it took)."""
+        return [p["emb"][i] for p in self.passes if (p["z"][i] == mask_id).any()]
+
+    def __init__(self, lm, monkeypatch):
+        self.passes, self.current = [], None
+        real_embed, real_run = lm.embed, lm.run
+
+        def embed(z, h=None, **kw):
+            # a denoising pass passes `where`; the prefill and the cache-writing pass do not
+            out = real_embed(z, h, **kw)
+            self.current = dict(z=z.clone(), emb=out, runs=[]) if kw.get("where") is not None else None
+            if self.current is not None:
+                self.passes.append(self.current)
+            return out
+
+        def run(embeds, mask, position_ids, cache=None):
+            if self.current is not None:
+                self.current["runs"].append(embeds.shape[1])
+            return real_run(embeds, mask, position_ids, cache)
+        monkeypatch.setattr(lm, "embed", embed)
+        monkeypatch.setattr(lm, "run", run)
+
+
+@pytest.mark.parametrize("sub_block_cache", [False, True])
+def test_batched_equals_alone(model, sub_block_cache, monkeypatch):
+    """Tokens and both NFE counts of each row are the same in a batch as alone, also under the
+    sub-block cache, where rows of one pass can need the whole block and the sub-block alone."""
     lm, tok = model
-    ps = prompts(tok, [3, 40, 64, 20])
-    batch, nfe = sample_llm.generate(lm, ps, max_new_tokens=40)
+    ps = prompts(tok, [3, 40, 64, 20, 35])
+    kw = dict(max_new_tokens=40, sub_block_cache=sub_block_cache)
+    trace = PassTrace(lm, monkeypatch)
+    batch, nfe, official = sample_llm.generate(lm, ps, **kw)
+    monkeypatch.undo()
+    if sub_block_cache:        # some passes mixed rows on the whole block and on a sub-block
+        assert any(sorted(p["runs"]) == [8, 32] for p in trace.passes)
     for i, p in enumerate(ps):
-        alone, n = sample_llm.generate(lm, [p], max_new_tokens=40)
-        assert alone[0] == batch[i] and n[0] == nfe[i], i
+        one = PassTrace(lm, monkeypatch)
+        alone, n, o = sample_llm.generate(lm, [p], **kw)
+        monkeypatch.undo()
+        assert alone[0] == batch[i] and n[0] == nfe[i] and o[0] == official[i], (i, n, nfe)
+        # not only the tokens: every pass's input, relay state included, is the row's own
+        mine, theirs = one.row(0, lm.mask_id), trace.row(i, lm.mask_id)
+        assert len(mine) == len(theirs)
+        assert all(torch.allclose(a, b, atol=1e-9) for a, b in zip(mine, theirs)), i
     assert len(set(nfe.tolist())) > 1      # different rows really took different passes
     assert (nfe >= 40 // 8).all()          # at least one pass per 8-token sub-block
 
@@ -122,11 +165,37 @@ def test_sub_block_cache_is_exact_where_it_should_be(model):
         assert torch.allclose(part[b, c], full[b, c], atol=1e-10)
         assert (part[b, :8 * sub[b]] == 0).all()     # the other columns: the given states
     ps = prompts(tok, [5, 40, 64])
-    exact, n1 = sample_llm.generate(lm, ps, max_new_tokens=40, sub_block=bs)
-    approx, n2 = sample_llm.generate(lm, ps, max_new_tokens=40, sub_block=bs, sub_block_cache=True)
+    exact, n1, _ = sample_llm.generate(lm, ps, max_new_tokens=40, sub_block=bs)
+    approx, n2, _ = sample_llm.generate(lm, ps, max_new_tokens=40, sub_block=bs, sub_block_cache=True)
     assert exact == approx and (n1 == n2).all()
-    out, nfe = sample_llm.generate(lm, ps, max_new_tokens=40, sub_block_cache=True)
+    out, nfe, _ = sample_llm.generate(lm, ps, max_new_tokens=40, sub_block_cache=True)
     assert all(len(o) == 40 for o in out) and (nfe >= 40 // 8).all()
+
+
+def test_sub_block_cache_follows_the_official_rule(model, monkeypatch):
+    """Fast-dLLM v2's rule (batch_sample, use_block_cache): a pass runs the whole 32-token block
+    on the block's first pass and while the current sub-block's first token is still [MASK];
+    otherwise only the sub-block's 8 tokens. Checked on every pass of one prompt alone, from
+    what the stack was asked to run."""
+    lm, tok = model
+    trace = PassTrace(lm, monkeypatch)
+    sample_llm.generate(lm, prompts(tok, [5]), max_new_tokens=64, sub_block_cache=True)
+    monkeypatch.undo()
+    kinds, prev = [], None
+    for p in trace.passes:
+        z = p["z"][0]
+        first_pass = prev is None or (prev == lm.mask_id).sum() < (z == lm.mask_id).sum()
+        sub = int((z == lm.mask_id).float().argmax()) // 8
+        want = 32 if first_pass or z[8 * sub] == lm.mask_id else 8
+        assert p["runs"] == [want], (len(kinds), p["runs"], want)
+        kinds.append((first_pass, bool(z[8 * sub] == lm.mask_id), want))
+        prev = z
+    # every case occurred: a block's first pass, a later whole-block pass because the
+    # sub-block's first token was still [MASK] (the rule's difference from ours before),
+    # and sub-block passes
+    assert any(k[0] for k in kinds)
+    assert any(not k[0] and k[1] and k[2] == 32 for k in kinds)
+    assert any(k[2] == 8 for k in kinds)
 
 
 def test_the_relay_reaches_still_masked_positions_only_unless_asked(model, monkeypatch):
@@ -157,25 +226,28 @@ def test_the_relay_reaches_still_masked_positions_only_unless_asked(model, monke
             assert (added_at_token == 0).all()
 
 
-def test_stop_token_ends_an_example(model):
+def test_stop_token_ends_an_example_and_both_nfe_counts(model):
     lm, tok = model
     ps = prompts(tok, [12])
-    free, _ = sample_llm.generate(lm, ps, max_new_tokens=64)
+    free, free_nfe, free_official = sample_llm.generate(lm, ps, max_new_tokens=64)
     with torch.no_grad():
         saved = lm.qwen.model.embed_tokens.weight[lm.stop_id].clone()
         lm.qwen.model.embed_tokens.weight[lm.stop_id] *= 50     # stop becomes the argmax (tied head)
     try:
-        stopped, nfe = sample_llm.generate(lm, ps, max_new_tokens=64)
-        full, nfe_full = sample_llm.generate(lm, ps, max_new_tokens=64, stop_mid_block=False)
+        stopped, nfe, official = sample_llm.generate(lm, ps, max_new_tokens=64)
     finally:
         with torch.no_grad():
             lm.qwen.model.embed_tokens.weight[lm.stop_id] = saved
     assert len(free[0]) == 64                                 # no stop: the whole budget
     assert len(stopped[0]) < 32 and lm.stop_id not in stopped[0]
-    assert nfe[0] <= 32                                       # one block decoded, then stop
-    # official behaviour: stop as soon as nothing is masked before the stop, mid-block; the
-    # tokens before it are the same, the sub-blocks after it cost no passes
-    assert full == stopped and nfe[0] < nfe_full[0], (nfe, nfe_full)
+    # ours stops counting once nothing is masked before the stop; the official count goes on
+    # until the stop's block is complete
+    assert nfe[0] < official[0] <= 32, (nfe, official)
+    # the official budget: max_new_tokens // 32 blocks from the prompt's tail (12 tokens), so
+    # 64 new tokens are two blocks, 52 tokens; ours decodes a third block for the last 12 and
+    # counts it. Without a stop the official count is ours for a 52-token budget.
+    _, n52, _ = sample_llm.generate(lm, ps, max_new_tokens=52)
+    assert free_official[0] == n52[0] < free_nfe[0], (free_official, n52, free_nfe)
 
 
 def test_a_blocks_first_token_is_the_argmax_of_the_pass_that_cached_the_previous_block(model):
@@ -189,11 +261,11 @@ def test_a_blocks_first_token_is_the_argmax_of_the_pass_that_cached_the_previous
         z[:, len(p):] = lm.mask_id
         want = lm.logits(lm(z, x0)[:, len(p)]).argmax(-1).item()
         for flag in (True, False):               # either way; with the flag, without a pass
-            gen, _ = sample_llm.generate(lm, [p], max_new_tokens=8, first_from_cache=flag)
+            gen, _, _ = sample_llm.generate(lm, [p], max_new_tokens=8, first_from_cache=flag)
             assert gen[0][0] == want
     ps = prompts(tok, [5, 32, 45, 70, 64])
-    _, with_first = sample_llm.generate(lm, ps, max_new_tokens=64)
-    _, without = sample_llm.generate(lm, ps, max_new_tokens=64, first_from_cache=False)
+    _, with_first, _ = sample_llm.generate(lm, ps, max_new_tokens=64)
+    _, without, _ = sample_llm.generate(lm, ps, max_new_tokens=64, first_from_cache=False)
     assert (with_first <= without).all() and with_first.sum() < without.sum(), (with_first, without)
 
 

@@ -119,6 +119,28 @@ def test_relay_sg_stops_gradient_and_relay_passes_it(tiny_dir):
     assert (g[:, :33] == 0).all()            # R(h) is added only at [MASK] positions
 
 
+def test_the_training_loss_keeps_mask_in_its_softmax(tiny_dir):
+    """Fast-dLLM v2's recipe: the CE's softmax runs over the whole vocabulary, [MASK] included,
+    so raising only [MASK]'s logit raises the loss (and training pushes it down); the returned
+    logits, used for Alg. 1 line 8's confidences, exclude it as decoding does. Checked against
+    log-softmax computed here over the lm_head's raw output."""
+    lm, _, _ = llm.load_relay_lm(tiny_dir, dtype=torch.float64)
+    torch.manual_seed(0)
+    hs = torch.randn(2, 8, lm.qwen.config.hidden_size, dtype=torch.float64)
+    x0 = torch.randint(5, 200, (2, 8))
+    masked = torch.rand(2, 8) < 0.6
+    loss, conf_logits = train_llm.masked_ce(lm, hs, x0, masked)
+    raw = hs[masked] @ lm.qwen.lm_head.weight.T
+    want = -raw.log_softmax(-1).gather(-1, x0[masked][:, None]).mean()
+    assert torch.allclose(loss.double(), want, atol=1e-5)        # the CE runs in fp32
+    assert (conf_logits[:, lm.mask_id] == float("-inf")).all()
+    others = torch.arange(raw.shape[-1]) != lm.mask_id
+    assert torch.equal(conf_logits[:, others], raw[:, others])
+    with torch.no_grad():
+        lm.qwen.lm_head.weight[lm.mask_id] += 5 * hs[masked].mean(0) / hs[masked].mean(0).norm()
+    assert train_llm.masked_ce(lm, hs, x0, masked)[0] > loss
+
+
 def test_pool_refills_finished_rows_with_zero_state():
     ids = torch.arange(40).view(2, 20) + 5
     resp = torch.zeros(2, 20, dtype=torch.bool)
