@@ -254,8 +254,24 @@ def launcher(study):
 # -----------------------------------------------------------------------------
 # the report
 
-def load_run(run):
-    """Everything the report needs from a finished run's directory, or None if unfinished."""
+def load_run(run, study):
+    """Everything the report needs from a finished run, or None if unfinished: from its run
+    directory, else from the record a report kept of it (results/<study>/runs/<name>.json), so
+    the report can be rebuilt where the checkpoints are gone (a fresh clone, another machine)."""
+    x = load_run_dir(run)
+    if x is not None:
+        return x
+    path = record_path(study, run)
+    if not os.path.exists(path):
+        return None
+    rec = json.load(open(path))
+    if rec["step"] != run.steps:
+        return None
+    rec["real"] = {int(n): v for n, v in rec["real"].items()}    # JSON keys are strings
+    return dict(rec, run=run)
+
+
+def load_run_dir(run):
     sweep = os.path.join(run.dir, "sweep.jsonl")
     if not os.path.exists(sweep):
         return None
@@ -272,6 +288,24 @@ def load_run(run):
                 no_relay=first_row("no_relay.jsonl"), passes=first_row("passes.jsonl"),
                 real={n: first_row(f"real_h{n}.jsonl") for n in HINT_BANDS},
                 history=hist, params=sum(v.numel() for k, v in ck["model"].items()))
+
+
+def record_path(study, run):
+    return os.path.join(study.results_dir, "runs", f"{run.name}.json")
+
+
+def write_records(groups, study):
+    """Each reported run's figures as results/<study>/runs/<name>.json, and the invocations'
+    log beside them (what load_run and the header read when the run directories are gone)."""
+    for g in groups.values():
+        for x in g:
+            rec = {k: v for k, v in x.items() if k != "run"}
+            path = record_path(study, x["run"])
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            atomic_write(path, json.dumps(rec, indent=0) + "\n")
+    if study.invocations:
+        atomic_write(os.path.join(study.results_dir, "runs", "invocations.jsonl"),
+                     "".join(json.dumps(x) + "\n" for x in study.invocations))
 
 
 def n_passes(steps, k):
@@ -331,11 +365,13 @@ def write_report(groups, study, total_wall_s, unfinished=()):
                   "dotted): " + "; ".join(f"{r.name} at step {h[-1]['step']:,} (held-out acc "
                   f"{100 * h[-1]['val_acc']:.1f} %, NFE {h[-1]['val_nfe']:.2f})"
                   for r, h in unfinished) + ". Rerunning the command resumes them.", ""]
-    for section in (section_equal_steps, section_cohorts, section_equal_passes, section_ablation,
-                    section_real_bands, section_passes, section_sweep, section_per_run):
+    for section in (section_equal_steps, section_paired, section_cohorts, section_equal_passes,
+                    section_ablation, section_real_bands, section_passes, section_sweep,
+                    section_per_run):
         lines += section(groups, keys, study)
     md = "\n".join(lines) + "\n"
     atomic_write(os.path.join(study.results_dir, "table1.md"), md)
+    write_records(groups, study)
     n_test = groups[keys[0]][0]["sweep"][0]["n"]
     out = study.results_dir
     plot_frontier(groups, keys, os.path.join(out, "frontier.png"), study, n_test)
@@ -397,6 +433,110 @@ def section_equal_steps(groups, keys, study):
                   "the periodic evaluations. The paper's column is Sudoku-Extreme at 300k steps "
                   f"(METHOD.md 8; legal boards there: Relay {PAPER_LEGAL['relay']} %, Relay (sg) "
                   f"{PAPER_LEGAL['relay_sg']} %).", ""]
+
+
+# two-sided 95 % quantiles of Student's t by degrees of freedom (a table: no scipy needed);
+# an unlisted df takes the next smaller listed one, which only widens the interval
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+        9: 2.262, 10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042, 60: 2.000}
+
+
+def t_interval(values):
+    """(mean, sample std, half-width of the 95 % t interval) over seeds; None for < 2 values."""
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        return None
+    df = len(v) - 1
+    t = T975[max(d for d in T975 if d <= df)]
+    sd = v.std(ddof=1)
+    return v.mean(), sd, t * sd / np.sqrt(len(v))
+
+
+def frontier_gap(run, base):
+    """Two ways to compare runs' accuracy-NFE frontiers (piecewise linear through the tau
+    sweep), accuracy points of `run` minus `base`: at base's tau-0.15 NFE (None where run's
+    sweep does not reach that NFE), and the mean vertical gap over the NFE range both sweeps
+    cover (None where they do not overlap)."""
+    def curve(x):
+        pts = sorted((r["nfe"], 100 * r["acc"]) for r in x["sweep"])
+        return np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+    rn, ra = curve(run)
+    bn, ba = curve(base)
+    b0 = at_tau(base["sweep"], TABLE_TAU)
+    at_base = (float(np.interp(b0["nfe"], rn, ra)) - 100 * b0["acc"]
+               if rn[0] <= b0["nfe"] <= rn[-1] else None)
+    lo, hi = max(rn[0], bn[0]), min(rn[-1], bn[-1])
+    if lo >= hi:
+        return at_base, None
+    grid = np.linspace(lo, hi, 201)
+    return at_base, float(np.mean(np.interp(grid, rn, ra) - np.interp(grid, bn, ba)))
+
+
+def paired_rows(groups, m, t):
+    """Per seed that both `m` and MLM (same tie) finished: m minus MLM at tau 0.15 (accuracy
+    points, NFE), at MLM's NFE on m's frontier, the mean frontier gap, and at the last
+    validation (accuracy points, NFE)."""
+    base = {x["run"].seed: x for x in groups[("mlm", t)]}
+    rows = []
+    for x in sorted(groups[(m, t)], key=lambda x: x["run"].seed):
+        b = base.get(x["run"].seed)
+        if b is None:
+            continue
+        r, r0 = at_tau(x["sweep"], TABLE_TAU), at_tau(b["sweep"], TABLE_TAU)
+        at_nfe, mean_gap = frontier_gap(x, b)
+        hx, hb = x["history"][-1] if x["history"] else None, b["history"][-1] if b["history"] else None
+        val = (100 * (hx["val_acc"] - hb["val_acc"]), hx["val_nfe"] - hb["val_nfe"]) \
+            if hx and hb and hx["step"] == hb["step"] else (None, None)
+        rows.append(dict(seed=x["run"].seed, acc=100 * (r["acc"] - r0["acc"]),
+                         nfe=r["nfe"] - r0["nfe"], at_nfe=at_nfe, gap=mean_gap,
+                         val_acc=val[0], val_nfe=val[1]))
+    return rows
+
+
+PAIRED_COLUMNS = (("acc", "acc points, tau 0.15", "{:+.1f}"), ("nfe", "NFE, tau 0.15", "{:+.2f}"),
+                  ("at_nfe", "acc points at MLM's NFE", "{:+.1f}"),
+                  ("gap", "mean frontier gap, acc points", "{:+.1f}"),
+                  ("val_acc", "validation acc points, last step", "{:+.1f}"),
+                  ("val_nfe", "validation NFE, last step", "{:+.2f}"))
+
+
+def section_paired(groups, keys, study):
+    """Each method minus MLM, seed by seed (the same seed's puzzles, data order and init), with
+    the mean, the sample std and a 95 % t interval over seeds."""
+    pairs = [(m, t) for m, t in keys if m != "mlm" and ("mlm", t) in groups
+             and len(paired_rows(groups, m, t)) >= 2]
+    if not pairs:
+        return []
+    out = [f"## Paired by seed: method minus MLM", "",
+           "Per seed, the method's figure minus MLM's for the same seed. tau 0.15: EMA weights on "
+           "the test puzzles. At MLM's NFE: the method's accuracy interpolated linearly along its "
+           "tau sweep at the NFE MLM needs at tau 0.15 (blank where the method's sweep does not "
+           "reach it). Mean frontier gap: the vertical distance between the two accuracy-NFE "
+           "curves averaged over the NFE range both cover. Validation: the last periodic "
+           "evaluation (the validation puzzles). Interval: mean ± t(0.975, n-1) x std / sqrt(n) "
+           "over seeds (Student's t; it assumes the seed-to-seed differences are roughly normal).",
+           ""]
+    for m, t in pairs:
+        rows = paired_rows(groups, m, t)
+        out += [f"### {NAMES[m]} minus MLM ({t})", "",
+                "| seed | " + " | ".join(c[1] for c in PAIRED_COLUMNS) + " |",
+                "|---|" + "---|" * len(PAIRED_COLUMNS)]
+        for r in rows:
+            out.append(f"| {r['seed']} | " + " | ".join(
+                fmt.format(r[k]) if r[k] is not None else "" for k, _, fmt in PAIRED_COLUMNS) + " |")
+        for label, i in (("mean", 0), ("std", 1), ("95 % interval", None)):
+            cells = []
+            for k, _, fmt in PAIRED_COLUMNS:
+                s = t_interval([r[k] for r in rows if r[k] is not None])
+                if s is None:
+                    cells.append("")
+                elif i is None:
+                    cells.append(f"{fmt.format(s[0] - s[2])} to {fmt.format(s[0] + s[2])}")
+                else:
+                    cells.append(fmt.format(s[i]).lstrip("+") if i == 1 else fmt.format(s[i]))
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
+        out.append("")
+    return out
 
 
 def section_cohorts(groups, keys, study):
@@ -569,7 +709,8 @@ def plot_frontier(groups, keys, path, study, n_test):
 def plot_curves(groups, keys, path, study, unfinished=()):
     """Accuracy and NFE at tau 0.15 during training, from each run's eval.jsonl: against
     optimizer steps (top; held-out solid, base training puzzles dashed) and against forward
-    passes (bottom; held-out). Mean over seeds with +-1 std ribbons; unfinished runs
+    passes (bottom; held-out). Mean over seeds with +-1 std ribbons, each seed's held-out curve
+    thin beneath it; unfinished runs
     (`unfinished`: (run, history) pairs) as thin dotted lines, not in any mean."""
     plt = _plt()
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
@@ -592,6 +733,9 @@ def plot_curves(groups, keys, path, study, unfinished=()):
                     ax.plot(x_, mean, style, color=COLORS[m], marker="o", ms=3, label=label,
                             alpha=1.0 if t == "tied" else 0.6)
                     ax.fill_between(x_, mean - sd, mean + sd, color=COLORS[m], alpha=0.15)
+                    if split == "val" and len(g) > 1:     # every seed, thin, beneath the mean
+                        for seed_curve in v:
+                            ax.plot(x_, seed_curve, "-", color=COLORS[m], lw=0.6, alpha=0.45)
     for run, hist in unfinished:
         st = np.array([r["step"] for r in hist])
         for col, key, scale in ((0, "acc", 100), (1, "nfe", 1)):
@@ -614,7 +758,7 @@ def plot_curves(groups, keys, path, study, unfinished=()):
     n = groups[keys[0]][0]["eval_n"]
     fig.suptitle(f"preset {study.preset}: EMA weights at tau {TABLE_TAU} during training\n{n} "
                  f"held-out validation puzzles (solid), {n} base training puzzles (dashed); "
-                 f"mean ± 1 std over the finished seeds", fontsize=9)
+                 f"mean ± 1 std over the finished seeds, each seed's held-out curve thin", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
@@ -750,10 +894,12 @@ def main(argv=None):
         with open(log, "a") as f:
             f.write(json.dumps(dict(commit=started_at, argv=study.argv, wall_s=time.time() - t0))
                     + "\n")
+    if not os.path.exists(log):          # the runs are gone: the copy the last report kept
+        log = os.path.join(study.results_dir, "runs", "invocations.jsonl")
     study.invocations = [json.loads(line) for line in open(log)] if os.path.exists(log) else []
     groups, unfinished = {}, []
     for r in runs:
-        x = load_run(r)
+        x = load_run(r, study)
         if x is not None:
             groups.setdefault((r.method, r.tie), []).append(x)
         elif os.path.exists(os.path.join(r.dir, "eval.jsonl")):

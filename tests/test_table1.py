@@ -49,6 +49,31 @@ def test_table_runs_resumes_and_reports(tmp_path):
     assert "| Relay | tied |" in ablation and "| MLM |" not in ablation
     for f in ("frontier.png", "curves.png"):
         assert (tmp_path / "res" / f).stat().st_size > 10_000
+    # paired by seed: Relay minus MLM, recomputed here from the runs' own sweep files
+    paired = md.split("### Relay minus MLM (tied)")[1].split("##")[0]
+    acc = {(m, s): next(json.loads(l) for l in open(runs / f"{m}_tied_s{s}" / "sweep.jsonl")
+                        if abs(json.loads(l)["tau"] - 0.15) < 1e-9)["acc"]
+           for m in ("mlm", "relay") for s in (1, 2)}
+    for s in (1, 2):
+        row = next(l for l in paired.splitlines() if l.startswith(f"| {s} |"))
+        assert row.split("|")[2].strip() == f"{100 * (acc['relay', s] - acc['mlm', s]):+.1f}"
+    assert "| 95 % interval |" in paired
+
+    # the report keeps a record of every run beside the results: without the run directories
+    # --report-only rebuilds the same report from them
+    assert sorted(os.listdir(tmp_path / "res" / "runs")) == [
+        "invocations.jsonl", "mlm_tied_s1.json", "mlm_tied_s2.json", "relay_tied_s1.json",
+        "relay_tied_s2.json"]
+    shutil.copytree(runs, tmp_path / "runs_kept")
+    shutil.rmtree(runs)
+    again = table1.main(["--train-args", TINY, "--max-iters", "8", "--seeds", "1", "2",
+                         "--methods", "mlm", "relay", "--runs-dir", str(runs),
+                         "--results-dir", str(tmp_path / "res"), "--report-only"])
+    md2 = (tmp_path / "res" / "table1.md").read_text()
+    assert md2.split("\n", 3)[3] == md.split("\n", 3)[3]      # all but the "written at" line
+    assert again[("relay", "tied")][1]["history"] == groups[("relay", "tied")][1]["history"]
+    shutil.rmtree(tmp_path / "res" / "runs")
+    shutil.copytree(tmp_path / "runs_kept", runs)
 
     # a finished run is not trained again
     final = torch.load(runs / "relay_tied_s1" / "ckpt.pt", weights_only=False)
@@ -67,6 +92,24 @@ def test_table_runs_resumes_and_reports(tmp_path):
     for k, v in final["ema"].items():
         assert torch.equal(again["ema"][k], v), k
     assert len(open(runs / "invocations.jsonl").readlines()) == 3
+
+
+def test_paired_statistics_by_hand():
+    mean, sd, half = table1.t_interval([1.0, 2.0, 3.0])
+    assert (mean, sd) == (2.0, 1.0) and abs(half - 4.303 / 3 ** 0.5) < 1e-12   # t(0.975, 2)
+    assert table1.t_interval([1.0]) is None
+    # five values: df 4, t = 2.776
+    assert abs(table1.t_interval([0, 1, 2, 3, 4])[2] - 2.776 * 2.5 ** 0.5 / 5 ** 0.5) < 1e-12
+    def sweep(points):
+        return dict(sweep=[dict(tau=tau, nfe=n, acc=a / 100) for tau, n, a in points])
+    base = sweep([(0.05, 12.0, 62.0), (0.15, 10.0, 50.0)])      # acc = 6 NFE - 10
+    run = sweep([(0.05, 11.0, 70.0), (0.15, 8.0, 55.0)])        # acc = 5 NFE + 15
+    at_nfe, gap = table1.frontier_gap(run, base)
+    # at MLM's NFE 10: 5 * 10 + 15 - 50 = 15; on the common range [10, 11] the gap is
+    # 25 - NFE, whose mean is 14.5
+    assert abs(at_nfe - 15.0) < 1e-9 and abs(gap - 14.5) < 1e-9
+    short = sweep([(0.05, 9.5, 70.0), (0.15, 8.0, 55.0)])       # never reaches NFE 10
+    assert table1.frontier_gap(short, base) == (None, None)
 
 
 def test_mean_and_sample_std():
