@@ -56,10 +56,12 @@ def generate(lm, prompts, max_new_tokens=512, tau=THRESHOLD, sub_block=SUB_BLOCK
       nfe_official: Fast-dLLM v2's evaluation decoder (batch_sample): passes until the stop
         token's block is complete, over at most max_new_tokens // 32 blocks (the first holds
         the prompt's tail, so its budget is max_new_tokens - 31 to max_new_tokens tokens).
-    The stop's block is always completed, as the official decoder does, so both can be counted;
-    the answer is the same either way (every token before the stop is revealed when ours
-    stops). Rows are independent: each row's passes are counted only while it has a [MASK], and
-    every choice is made per row, so batched equals alone.
+    As both official decoders (the model's generate and batch_sample), a pass may reveal any
+    [MASK] of the current sub-block, those after a revealed stop too, and the answer is final
+    once nothing is masked before the stop; the stop's block is then completed, as batch_sample
+    does, so both counts come from one decode. Rows are independent: each row's passes are
+    counted only while it has a [MASK], and every choice is made per row, so batched equals
+    alone.
 
     first_from_cache (the official generation's choice, where the paper is silent): a block's
     first token is the argmax of the pass that wrote the previous block into the cache (or of
