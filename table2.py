@@ -1,16 +1,19 @@
 """
 The paper's Table 2 in miniature, on a CPU: a toy block-diffusion LM (a small Qwen2 in Fast-dLLM
-v2's layout, one token per character) learns three verifiable tasks (data/toy_tasks.py: add,
-prefix, rotate) by vanilla block-diffusion SFT from scratch (the "Fast-dLLM v2" base), then every
+v2's layout, one token per character) learns a verifiable task by vanilla block-diffusion SFT
+from scratch (the "Fast-dLLM v2" base): Sudoku as text (data/sudoku_text.py: 81 digits in, the
+solution's 81 out), or three toy tasks (data/toy_tasks.py: add, prefix, rotate). Then every
 method of train_llm.py fine-tunes that base for the same steps, plus SFT for K times as many (the
 same forward passes as a K-pass method). Each model decodes the held-out test prompts with the
 cached block decoder (sample_llm.generate, the paper's threshold 0.85, 8-token sub-blocks) and a
 sweep of thresholds, and at 0.85 once more with Fast-dLLM v2's intra-block cache (approximate);
 relay-trained models also with h = 0 and with R(h) added at revealed tokens too (the rule the
-paper avoids); the score is exact match per task, and NFE.
+paper avoids); the score is exact match (and per toy task, or Sudoku's cell accuracy and legal
+rate), and NFE both ways (METHOD.md 7).
 
-    python table2.py --preset toy              # results/toy_llm/: table2.md, frontier.png
-    python table2.py --preset toy --report-only
+    python table2.py --preset sudoku           # results/sudoku_llm/: table2.md, frontier.png
+    python table2.py --preset toy              # results/toy_llm/
+    python table2.py --preset sudoku --report-only
 
 Everything resumes: data, base and runs are skipped when finished and a run cut off continues
 from its checkpoint (train_llm.py --resume); evaluations are cached in each run's eval.json.
@@ -34,6 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 _spec = importlib.util.spec_from_file_location("toy_tasks", os.path.join(HERE, "data", "toy_tasks.py"))
 toy_tasks = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(toy_tasks)
+from data import sudoku_text  # noqa: E402
 
 TABLE_TAU = 0.85                              # the paper's decoding threshold
 SWEEP_TAUS = (0.99, 0.95, 0.9, 0.85, 0.7, 0.5)
@@ -43,15 +47,26 @@ PRESETS = {
     # (rotary base 1e4, not Qwen2.5's 1e6: on the same data the 1e6 model was not yet copying at
     # step 400 where this one was, results/toy_llm; sequence 96 holds the longest row, the running sum,
     # with its block filled)
-    "toy": dict(n_train=20000, n_eval=100, hidden=128, layers=4, heads=4, rope_theta=1e4,
-                seq_len=96, batch=16, base_steps=2400, base_lr=3e-3, ft_steps=300, ft_lr=3e-4),
-    # seconds: the tests' end-to-end run
-    "smoke": dict(n_train=60, n_eval=4, hidden=32, layers=1, heads=2, rope_theta=1e4,
+    "toy": dict(task="toy", n_train=20000, n_eval=100, hidden=128, layers=4, heads=4,
+                rope_theta=1e4, seq_len=96, batch=16, base_steps=2400, base_lr=3e-3, ft_steps=300,
+                ft_lr=3e-4),
+    # Sudoku as text (data/sudoku_text.py): the cpu preset's 30-40-clue generated puzzles, 8
+    # symmetries of each of the 6,000 training puzzles; prompt template + 81 digits + answer 81
+    # digits + stop = 182 tokens, so sequence 192
+    "sudoku": dict(task="sudoku", clues="30-40", copies=8, n_eval=500, hidden=128, layers=4,
+                   heads=4, rope_theta=1e4, seq_len=192, batch=16, base_steps=3000, base_lr=3e-3,
+                   ft_steps=300, ft_lr=3e-4),
+    # seconds: the tests' end-to-end runs
+    "smoke": dict(task="toy", n_train=60, n_eval=4, hidden=32, layers=1, heads=2, rope_theta=1e4,
                   seq_len=96, batch=2, base_steps=4, base_lr=1e-3, ft_steps=2, ft_lr=3e-4),
+    "smoke_sudoku": dict(task="sudoku", clues="30-40", copies=1, n_eval=4, n_train=12, n_split=4,
+                         hidden=32, layers=1,
+                         heads=2, rope_theta=1e4, seq_len=192, batch=2,
+                         base_steps=4, base_lr=1e-3, ft_steps=2, ft_lr=3e-4),
 }
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-p.add_argument("--preset", default="toy", choices=list(PRESETS), help="sizes and budgets")
+p.add_argument("--preset", default="sudoku", choices=list(PRESETS), help="task, sizes and budgets")
 p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
                help="fine-tuning methods (sft also runs at K x the steps: equal forward passes)")
 p.add_argument("--seeds", nargs="+", type=int, default=[1, 2], help="one fine-tune per seed")
@@ -94,8 +109,13 @@ def prepare(cfg, runs_dir):
     """The task files and the untrained model (tokenizer trained on the training split)."""
     data = os.path.join(runs_dir, "data")
     if not os.path.exists(os.path.join(data, "test.jsonl")):
-        toy_tasks.main(["--out", data, "--n-train", str(cfg["n_train"]),
-                        "--n-eval", str(cfg["n_eval"])])
+        if cfg["task"] == "sudoku":
+            sizes = {k: cfg[c] for k, c in (("n_train", "n_train"), ("n_val", "n_split"),
+                                              ("n_test", "n_split")) if c in cfg}
+            sudoku_text.write_splits(data, cfg["clues"], cfg["copies"], n_eval=cfg["n_eval"], **sizes)
+        else:
+            toy_tasks.main(["--out", data, "--n-train", str(cfg["n_train"]),
+                            "--n-eval", str(cfg["n_eval"])])
     init = os.path.join(runs_dir, "init")
     if not os.path.exists(os.path.join(init, "config.json")):
         subprocess.run([sys.executable, os.path.join(HERE, "llm.py"), "--init-tiny", init,
@@ -154,7 +174,9 @@ def evaluate(run, data, batch_size=64):
         return cached
     lm, tok = load_for_decoding(run.ckpt, "cpu")
     rows = [json.loads(line) for line in open(os.path.join(data, "test.jsonl"))]
-    max_new = max(len(tok(r["answer"], add_special_tokens=False).input_ids) for r in rows) + 8
+    # room for the longest answer, its stop and 31 more: the official decoder's block budget
+    # (max_new // 32 blocks from the prompt's tail) then always holds it too
+    max_new = max(len(tok(r["answer"], add_special_tokens=False).input_ids) for r in rows) + 32
     ctx = lm.qwen.config.max_position_embeddings - max_new
     prompts = [encode_prompt(tok, user_turn(tok, r["prompt"]), ctx) for r in rows]
     tasks = np.array([r["task"] for r in rows])
@@ -166,12 +188,9 @@ def evaluate(run, data, batch_size=64):
             texts += [tok.decode(g, skip_special_tokens=True) for g in gen]
             nfe += n.tolist()
             nfe_official += n_off.tolist()
-        ok = np.array([toy_tasks.exact_match(t, r["answer"]) for t, r in zip(texts, rows)])
-        nfe = np.array(nfe, dtype=float)
-        return texts, dict(tau=tau, acc=100 * ok.mean(), nfe=nfe.mean(),
-                           nfe_official=float(np.mean(nfe_official)),
-                           per_task={t: dict(acc=100 * ok[tasks == t].mean(),
-                                             nfe=nfe[tasks == t].mean()) for t in toy_tasks.TASKS})
+        ok, parts = score(texts, rows, tasks)
+        return texts, dict(tau=tau, acc=100 * ok.mean(), nfe=float(np.mean(nfe)),
+                           nfe_official=float(np.mean(nfe_official)), parts=parts)
 
     def agreement(a, b):
         return 100 * float(np.mean([x == y for x, y in zip(a, b)]))
@@ -203,6 +222,16 @@ def evaluate(run, data, batch_size=64):
             abl[name]["same_as_its_exact"] = agreement(texts, result["texts_at_revealed"])
     atomic_write(out, json.dumps(result, indent=1))
     return result
+
+
+def score(texts, rows, tasks):
+    """Exact match per answer (N,) bool, and the table's other columns in %: per toy task the
+    exact match; for Sudoku the cell accuracy over the blanks and the legal rate."""
+    if tasks[0] == sudoku_text.TASK:
+        exact, cell, legal = sudoku_text.score(texts, rows)
+        return exact, {"cell acc": 100 * cell.mean(), "legal": 100 * legal.mean()}
+    ok = np.array([toy_tasks.exact_match(t, r["answer"]) for t, r in zip(texts, rows)])
+    return ok, {t: 100 * ok[tasks == t].mean() for t in toy_tasks.TASKS}
 
 
 def do_run(run, cfg, data, K, threads):
@@ -245,6 +274,32 @@ def pm(vals, fmt="{:.1f}"):
     return fmt.format(vals.mean()) + (f" ± {fmt.format(vals.std(ddof=1))}" if len(vals) > 1 else "")
 
 
+def test_prompts(cfg):
+    return (f"{cfg['n_eval']} generated puzzles ({cfg['clues']} clues)" if cfg["task"] == "sudoku"
+            else f"{cfg['n_eval']} prompts per task")
+
+
+GATE_ACC, GATE_NFE = (20.0, 80.0), 0.25   # the base must half-solve the task, with a frontier
+
+
+def base_gates(groups):
+    """Whether the base can ask the question: exact match in GATE_ACC at TABLE_TAU, and NFE at
+    the sweep's slowest threshold at least GATE_NFE more than at its fastest."""
+    evs = groups.get(LABELS["base"])
+    if not evs:
+        return []
+    e = evs[0]
+    acc = row_at(e, TABLE_TAU)["acc"]
+    slow, fast = row_at(e, SWEEP_TAUS[0])["nfe"], row_at(e, SWEEP_TAUS[-1])["nfe"]
+    drop = 1 - fast / slow
+    ok_acc, ok_nfe = GATE_ACC[0] <= acc <= GATE_ACC[1], drop >= GATE_NFE
+    return [f"The base's gates: exact match {acc:.1f} % at tau {TABLE_TAU} (needs "
+            f"{GATE_ACC[0]:.0f}-{GATE_ACC[1]:.0f} %: {'met' if ok_acc else 'NOT met'}); NFE "
+            f"{slow:.2f} at tau {SWEEP_TAUS[0]} and {fast:.2f} at {SWEEP_TAUS[-1]}, "
+            f"{100 * drop:.0f} % fewer (needs {100 * GATE_NFE:.0f} %: "
+            f"{'met' if ok_nfe else 'NOT met'}).", ""]
+
+
 def write_report(args, cfg, base, runs, results_dir, wall_s):
     groups = groups_of(base, runs, args.K)
     if not groups:
@@ -255,17 +310,22 @@ def write_report(args, cfg, base, runs, results_dir, wall_s):
              "", f"Model: Qwen2 layout, width {cfg['hidden']}, {cfg['layers']} layers, "
              f"{cfg['heads']} heads, one token per character; base: {cfg['base_steps']:,} SFT steps "
              f"(lr {cfg['base_lr']}); fine-tunes: {cfg['ft_steps']:,} steps (lr {cfg['ft_lr']}, "
-             f"cosine), batch {cfg['batch']}, K = {args.K}; test: {cfg['n_eval']} prompts per task; "
+             f"cosine), batch {cfg['batch']}, K = {args.K}; test: {test_prompts(cfg)}; "
              f"seeds {', '.join(map(str, args.seeds))}; decoding: cached, 8-token sub-blocks, "
-             "first token from the cache-writing pass, stop mid-block.", "",
-             f"## Exact match % and NFE at tau {TABLE_TAU} (mean ± std over seeds)", "",
-             "| method | all | " + " | ".join(toy_tasks.TASKS) + " | NFE |",
-             "|---|---|" + "---|" * len(toy_tasks.TASKS) + "---|"]
+             "first token from the cache-writing pass. NFE: ours (passes until the answer is "
+             "final) and, in parentheses, as Fast-dLLM v2's evaluation decoder counts it (until "
+             "the stop's block is complete; METHOD.md 7).", ""]
+    lines += base_gates(groups)
+    parts = list(row_at(next(iter(groups.values()))[0], TABLE_TAU)["parts"])
+    lines += [f"## Exact match % and NFE at tau {TABLE_TAU} (mean ± std over seeds)", "",
+              "| method | exact match | " + " | ".join(parts) + " | NFE (official count) |",
+              "|---|---|" + "---|" * len(parts) + "---|"]
     for label, evs in groups.items():
         rs = [row_at(e, TABLE_TAU) for e in evs]
         lines.append(f"| {label} | {pm([r['acc'] for r in rs])} | " +
-                     " | ".join(pm([r["per_task"][t]["acc"] for r in rs]) for t in toy_tasks.TASKS)
-                     + f" | {pm([r['nfe'] for r in rs], '{:.2f}')} |")
+                     " | ".join(pm([r["parts"][t] for r in rs]) for t in parts)
+                     + f" | {pm([r['nfe'] for r in rs], '{:.2f}')} "
+                       f"({pm([r['nfe_official'] for r in rs], '{:.2f}')}) |")
     lines += ["", "## Threshold sweep: exact match % @ NFE (mean over seeds)", "",
               "| method | " + " | ".join(f"tau {t}" for t in SWEEP_TAUS) + " |",
               "|---|" + "---|" * len(SWEEP_TAUS)]
@@ -319,19 +379,27 @@ def write_report(args, cfg, base, runs, results_dir, wall_s):
 
 
 def frontier(groups, path, preset):
+    """Exact match against NFE across the threshold sweep, one line per method: the mean over
+    seeds, with a ribbon of ±1 std in exact match where there are several."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for label, evs in groups.items():
-        xs = [np.mean([row_at(e, t)["nfe"] for e in evs]) for t in SWEEP_TAUS]
-        ys = [np.mean([row_at(e, t)["acc"] for e in evs]) for t in SWEEP_TAUS]
-        ax.plot(xs, ys, "o-", label=label, ms=4)
+        nfe = np.array([[row_at(e, t)["nfe"] for t in SWEEP_TAUS] for e in evs])
+        acc = np.array([[row_at(e, t)["acc"] for t in SWEEP_TAUS] for e in evs])
+        xs, ys = nfe.mean(0), acc.mean(0)
+        line, = ax.plot(xs, ys, "o-", label=label, ms=4)
+        if len(evs) > 1:
+            order = np.argsort(xs)
+            sd = acc.std(0, ddof=1)
+            ax.fill_between(xs[order], (ys - sd)[order], (ys + sd)[order], color=line.get_color(),
+                            alpha=0.15)
         i = SWEEP_TAUS.index(TABLE_TAU)
         ax.plot(xs[i], ys[i], "k*", ms=9)
-    finish_plot(fig, ax, path, "NFE (denoising passes per answer)", "exact match % (test, all tasks)",
-                f"toy block-diffusion LM ({preset}): thresholds {SWEEP_TAUS[0]}..{SWEEP_TAUS[-1]}, "
-                f"* = {TABLE_TAU}")
+    finish_plot(fig, ax, path, "NFE (denoising passes per answer, ours)", "exact match % (test)",
+                f"block-diffusion LM ({preset}): thresholds {SWEEP_TAUS[0]}..{SWEEP_TAUS[-1]}, "
+                f"* = {TABLE_TAU}; mean ± 1 std over seeds")
 
 
 def main(argv=None):
@@ -339,7 +407,7 @@ def main(argv=None):
     cfg = PRESETS[args.preset]
     runs_dir = args.runs_dir or os.path.join("out", "table2", args.preset)
     results_dir = args.results_dir or os.path.join(
-        "results", "toy_llm" if args.preset == "toy" else f"toy_llm_{args.preset}")
+        "results", {"toy": "toy_llm", "sudoku": "sudoku_llm"}.get(args.preset, f"llm_{args.preset}"))
     base, runs = plan(args, cfg, runs_dir)
     log = os.path.join(runs_dir, "invocations.jsonl")
     t0 = time.time()

@@ -286,6 +286,43 @@ def test_toy_tasks_have_right_answers_and_disjoint_splits():
     assert lengths == {"add": {5}, "prefix": {23}, "rotate": {12}}     # one layout per task
 
 
+def test_sudoku_as_text_rows_and_scores(tmp_path):
+    """data/sudoku_text.py: every training row is a symmetry of a training puzzle with its
+    solution (a legal board agreeing with every clue), the splits share no puzzle, the same
+    seed writes the same files; the scores on hand-made answers."""
+    from data import sudoku_text
+    from data.sudoku import legal
+    n = sudoku_text.write_splits(str(tmp_path / "a"), "30-40", copies=3, n_train=12, n_eval=5,
+                                 n_val=5, n_test=5)
+    assert n == {"train": 36, "val": 5, "test": 5}
+    rows = {s: [json.loads(l) for l in open(tmp_path / "a" / f"{s}.jsonl")] for s in n}
+    for r in rows["train"] + rows["test"]:
+        q, a = r["prompt"], r["answer"]
+        assert len(q) == len(a) == 81 and r["response"] == a and r["task"] == "sudoku"
+        assert all(c == "0" or c == d for c, d in zip(q, a))             # the clues kept
+        assert legal(np.array([[int(c) for c in a]]))[0]
+        assert 30 <= sum(c != "0" for c in q) <= 40
+    assert len({r["prompt"] for r in rows["train"]}) == 36               # 3 distinct symmetries
+    assert not {r["prompt"] for r in rows["test"]} & {r["prompt"] for r in rows["val"]}
+    sudoku_text.write_splits(str(tmp_path / "b"), "30-40", copies=3, n_train=12, n_eval=5,
+                             n_val=5, n_test=5)
+    assert (tmp_path / "a" / "train.jsonl").read_text() == (tmp_path / "b" / "train.jsonl").read_text()
+    # scores: the right answer; one wrong blank; a clue changed (an illegal board, blanks right);
+    # a short answer
+    r = rows["test"][0]
+    blank = [i for i, c in enumerate(r["prompt"]) if c == "0"]
+    clue = next(i for i, c in enumerate(r["prompt"]) if c != "0")
+    def put(i, d):
+        return r["answer"][:i] + d + r["answer"][i + 1:]
+    wrong_blank = put(blank[0], str(int(r["answer"][blank[0]]) % 9 + 1))
+    wrong_clue = put(clue, str(int(r["answer"][clue]) % 9 + 1))
+    exact, cell, ok = sudoku_text.score([r["answer"], wrong_blank, wrong_clue, r["answer"][:80]],
+                                        [r] * 4)
+    assert exact.tolist() == [True, False, False, False]
+    assert cell.tolist() == [1.0, 1 - 1 / len(blank), 1.0, 0.0]
+    assert ok.tolist() == [True, False, False, False]
+
+
 def test_init_tiny_sizes_and_a_character_tokenizer(tmp_path):
     d = str(tmp_path / "m")
     llm.main(["--init-tiny", d, "--vocab-size", "260", "--hidden-size", "32", "--layers", "1",

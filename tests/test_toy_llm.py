@@ -122,16 +122,19 @@ def test_relay_fine_tuning_moves_R_and_the_relay_acts_in_decoding(memorised):
     assert not torch.allclose(lm2(z, x0, h, z == lm2.mask_id), lm2(z, x0))
 
 
-def test_table2_smoke_runs_end_to_end(tmp_path):
-    md = table2.main(["--preset", "smoke", "--seeds", "1", "--methods", "relay",
+@pytest.mark.parametrize("preset", ["smoke_sudoku", "smoke"])
+def test_table2_smoke_runs_end_to_end(tmp_path, preset):
+    md = table2.main(["--preset", preset, "--seeds", "1", "--methods", "relay",
                       "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res"),
                       "--jobs", "1"])
-    for label in ("base (SFT from scratch)", "| Relay |", "tau 0.85"):
+    columns = "| exact match | cell acc | legal |" if preset == "smoke_sudoku" else \
+        "| exact match | add | prefix | rotate |"
+    for label in ("base (SFT from scratch)", "| Relay |", "tau 0.85", columns, "The base's gates"):
         assert label in md
     assert (tmp_path / "res" / "frontier.png").stat().st_size > 1000
     invocations = (tmp_path / "runs" / "invocations.jsonl").read_text().splitlines()
     assert len(invocations) == 1 and json.loads(invocations[0])["wall_s"] > 0
-    again = table2.main(["--preset", "smoke", "--seeds", "1", "--methods", "relay",
+    again = table2.main(["--preset", preset, "--seeds", "1", "--methods", "relay",
                          "--runs-dir", str(tmp_path / "runs"), "--results-dir",
                          str(tmp_path / "res"), "--report-only"])
     assert again.split("\n", 3)[3] == md.split("\n", 3)[3]     # the same table from the files
