@@ -207,6 +207,27 @@ def llm_decoding_nfe(lm, tok, new_tokens):
     return out, len(prompts)
 
 
+def training_memory(ranks=(2, 4, 8)):
+    """Computed, not measured: GB per GPU of the training state of each REAL_SHAPES model under
+    DDP (every rank: fp32 weights, gradients and AdamW's two moments, 16 bytes a parameter) and
+    under FSDP2 over N ranks (those 16 bytes / N, plus what FSDP2 gathers in bf16: the root,
+    kept from the forward to the backward, and two decoder layers, the running one and the
+    prefetched one). Activations are left out: they depend on batch, length and checkpointing."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from llm import REAL_SHAPES
+    rows = []
+    for name, shape in REAL_SHAPES.items():
+        with torch.device("meta"):
+            m = Qwen2ForCausalLM(Qwen2Config(**shape))
+        total = sum(q.numel() for q in m.parameters())
+        layer = sum(q.numel() for q in m.model.layers[0].parameters())
+        root = total - layer * len(m.model.layers)
+        gathered = 2 * (root + 2 * layer)
+        rows.append(dict(model=name, params=total, ddp=16 * total / 1e9,
+                         fsdp={n: (16 * total / n + gathered) / 1e9 for n in ranks}))
+    return rows
+
+
 # -----------------------------------------------------------------------------
 
 def bench_sudoku(args, device):
@@ -283,8 +304,22 @@ def main(argv=None):
     g.add_argument("--llm-grad-ckpt", type=int, default=0, help="gradient checkpointing 1/0")
     g.add_argument("--decode-prompt-tokens", type=int, default=1024, help="prompt length")
     g.add_argument("--decode-new-tokens", type=int, default=64, help="tokens to decode")
+    p.add_argument("--training-memory", action="store_true",
+                   help="only print the computed per-GPU training state of the real LLM shapes\n"
+                        "under DDP and FSDP2 (train_llm.py --parallel)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     args = p.parse_args(argv)
+    if args.training_memory:
+        rows = training_memory()
+        ranks = list(rows[0]["fsdp"])
+        print("computed, not measured: GB per GPU of fp32 weights + gradients + AdamW moments "
+              "(+ FSDP2's bf16 gathered root and two layers), activations excluded")
+        print("| model | parameters | DDP | " + " | ".join(f"FSDP2, {n} GPUs" for n in ranks) + " |")
+        print("|---|---|---|" + "---|" * len(ranks))
+        for r in rows:
+            print(f"| {r['model']} | {r['params'] / 1e9:.2f}B | {r['ddp']:.1f} | "
+                  + " | ".join(f"{r['fsdp'][n]:.1f}" for n in ranks) + " |")
+        return rows
     device = torch.device(resolve_device(args.device))
     torch.manual_seed(0)
     if not args.skip_sudoku:

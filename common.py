@@ -130,6 +130,56 @@ def wrap_ddp(model, ctx):
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
+def wrap_fsdp(model, blocks, ctx):
+    """FSDP2 (torch's fully_shard): each module of `blocks` (the decoder layers), then the root
+    with what is left (embeddings, final norm, R), sharded in place over the ranks, so a rank
+    holds 1/world of the parameters, gradients and AdamW moments. On a GPU the layers compute in
+    bf16 and reduce gradients in fp32; on a CPU everything stays fp32. The root's parameters
+    stay gathered from the forward to the backward (FSDP2's rule for the root), so the loss may
+    call its lm_head after the forward."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    mesh = init_device_mesh(ctx.device.type, (ctx.world,))
+    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+          if ctx.device.type == "cuda" else MixedPrecisionPolicy())
+    for block in blocks:
+        fully_shard(block, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
+    # Alg. 1's K forwards run the root K times before one backward; the root's parameters must
+    # outlive the first backward segment, so they stay gathered until reshard_root()
+    model.set_reshard_after_backward(False, recurse=False)
+    return model
+
+
+def reshard_root(model):
+    """After the optimizer step (wrap_fsdp): drop the root's gathered parameters, now stale, so
+    the next forward gathers the updated shards."""
+    if is_fsdp(model):
+        model.reshard()
+
+
+def is_fsdp(model):
+    from torch.distributed.fsdp import FSDPModule
+    return isinstance(model, FSDPModule)
+
+
+@contextlib.contextmanager
+def grad_sync(model, ctx, sync):
+    """Gradient accumulation: sync=False holds the gradients on this rank (DDP's no_sync,
+    FSDP2's set_requires_gradient_sync(False)); the last micro-step syncs them."""
+    if not ctx.ddp or sync:
+        yield
+    elif is_fsdp(model):
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        with model.no_sync():
+            yield
+
+
 def any_rank(flag, ctx):
     """True on every rank if it is True on any (so all ranks stop at the same step)."""
     if not ctx.ddp:
@@ -148,11 +198,26 @@ def gather_objects(obj, ctx):
     return out
 
 
-def check_replicas(model, ctx):
+def check_replicas(model, ctx, full_state=None):
     """DDP keeps the replicas identical; check it at each checkpoint, since a silent drift would
-    waste a run. Returns the message to log (None on one rank)."""
+    waste a run. FSDP2 keeps one copy in shards, which differ by design: there the model gathered
+    on rank 0 (full_state) must hold exactly the shards' parameters (the sums agree to fp64
+    rounding). Returns the message to log (None on one rank)."""
     if not ctx.ddp:
         return None
+    if is_fsdp(model):
+        names = [n for n, _ in model.named_parameters()]     # a tied weight once
+        local = sum(q.to_local().double().sum().item() for q in model.parameters())
+        t = torch.tensor([local], dtype=torch.float64,
+                         device=ctx.device if ctx.device.type == "cuda" else "cpu")
+        dist.all_reduce(t)
+        if not full_state:                           # ranks other than 0 hold no gathered copy
+            return None
+        gathered = sum(full_state[n].double().sum().item() for n in names)
+        if abs(gathered - t.item()) > 1e-9 * max(1.0, abs(gathered)):
+            raise RuntimeError(f"the gathered model ({gathered}) differs from its shards "
+                               f"({t.item()})")
+        return f"gathered model equals its {ctx.world} shards"
     sums = gather_objects(sum(q.double().sum().item() for q in model.parameters()), ctx)
     if len(set(sums)) != 1:
         raise RuntimeError(f"parameters differ across ranks: {sums}")

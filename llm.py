@@ -41,6 +41,18 @@ QWEN2_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_laye
               "attention_dropout", "initializer_range", "bos_token_id", "eos_token_id")
 
 
+# Qwen2 shapes of the real checkpoints (their config.json), for what needs the shape and not the
+# weights: parameter counts and memory (bench.py --training-memory)
+REAL_SHAPES = {
+    "fast-dllm-v2-1.5b": dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960,
+                              num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                              rope_theta=1e6, tie_word_embeddings=True),
+    "fast-dllm-v2-7b": dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+                            num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                            rope_theta=1e6, tie_word_embeddings=False),
+}
+
+
 class LLMError(UserError):
     """Bad input for the LLM scripts (a checkpoint or data file): one line naming what is wrong."""
 
@@ -233,17 +245,23 @@ def _load_relay_lm(path, dtype, patch, device):
     return lm.to(dtype), tok, raw
 
 
-def save_relay_lm(lm, tok, raw_config, out_dir):
+def save_relay_lm(lm, tok, raw_config, out_dir, state=None):
     """The Fast-dLLM v2 layout (config.json, model.safetensors, tokenizer) plus relay.safetensors.
-    Each file goes to a temporary name first, then is renamed."""
+    state: the RelayLM's full state dict when lm's own is sharded (FSDP2, gathered on rank 0 by
+    train_llm.py); default lm.state_dict(). Each file goes to a temporary name first, then is
+    renamed."""
     from safetensors.torch import save_file
     os.makedirs(out_dir, exist_ok=True)
-    sd = {k: v.detach().contiguous().cpu() for k, v in lm.qwen.state_dict().items()}
+    state = lm.state_dict() if state is None else state
+    def part(prefix):
+        return {k[len(prefix):]: v.detach().contiguous().cpu() for k, v in state.items()
+                if k.startswith(prefix)}
+    sd = part("qwen.")
     if lm.qwen.config.tie_word_embeddings:
         sd.pop("lm_head.weight", None)
     atomic(lambda p: save_file(sd, p), os.path.join(out_dir, "model.safetensors"))
     if lm.relay is not None:
-        rsd = {k: v.detach().contiguous().cpu() for k, v in lm.relay.state_dict().items()}
+        rsd = part("relay.")
         atomic(lambda p: save_file(rsd, p), os.path.join(out_dir, RELAY_FILE))
     cfg = dict(raw_config, relay=lm.relay is not None)
     atomic_write(os.path.join(out_dir, "config.json"), json.dumps(cfg, indent=1))

@@ -5,8 +5,10 @@ files: what differs is what the LLM changes, and each such place says so).
 
     python llm.py --init-tiny T                                        # a tiny random checkpoint
     python train_llm.py --model T --method relay --max-iters 5 --out-dir R
-    torchrun --nproc_per_node 2 train_llm.py --preset paper --model Efficient-Large-Model/Fast_dLLM_v2_1.5B \
-        --data data/llm_mix.jsonl --method relay --out-dir out/llm_relay
+    torchrun --nproc_per_node 2 train_llm.py --preset paper --data data/llm_mix.jsonl \
+        --method relay --out-dir out/llm_relay                           # the paper's 1.5B run
+    torchrun --nproc_per_node 8 train_llm.py --preset paper-7b --data data/llm_mix.jsonl \
+        --method relay --out-dir out/llm_relay_7b                        # 7B: FSDP2 shards it
 
 Methods: sft = vanilla Fast-dLLM v2 SFT (per-block mask rate, complementary copy);
 rollout / relay_sg / relay = Algorithm 1 with K=2 forwards over a per-rank streaming buffer,
@@ -14,7 +16,6 @@ ground truth revealed at tokens with confidence > tau plus each block's most con
 relay carries R(h) at [MASK] positions (relay_sg with h.detach()).
 """
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -25,9 +26,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from common import (TrainClock, UsageError, add_run_flags, atomic_torch_save, autocast_for,
-                    check_replicas, close_distributed, gather_objects, init_distributed,
-                    resolve_preset, load_checkpoint, restore_rng, rng_state, run_main, seeded_rng,
-                    set_lr, wrap_ddp)
+                    check_replicas, close_distributed, gather_objects, grad_sync,
+                    init_distributed, resolve_preset, load_checkpoint, restore_rng, rng_state,
+                    reshard_root, run_main, seeded_rng, set_lr, wrap_ddp, wrap_fsdp)
 from llm import FIXTURE, LLMError, STOP_TOKEN, THRESHOLD, load_relay_lm, save_relay_lm, user_turn
 from relay import unmask_threshold
 
@@ -35,13 +36,21 @@ from relay import unmask_threshold
 # settings. A preset fills every flag left unset; 'auto' picks 'cpu' on a CPU and 'paper' on a GPU.
 PRESETS = {
     # METHOD.md section 7: lr 5e-6 cosine, 3% warm-up, clip 1.0, bf16, 2 GPUs x batch 2 x
-    # accumulation 16 (64 sequences per step), length 2048, 200 steps reported
-    "paper": dict(lr=5e-6, weight_decay=0.0, grad_clip=1.0, batch_size=2, grad_accum=16,
-                  seq_len=2048, max_iters=200, max_minutes=0, grad_ckpt=True, ckpt_interval=50,
-                  log_interval=1),
-    "cpu": dict(lr=1e-3, weight_decay=0.0, grad_clip=1.0, batch_size=2, grad_accum=2,
-                seq_len=128, max_iters=20, max_minutes=0, grad_ckpt=False, ckpt_interval=10,
-                log_interval=1),
+    # accumulation 16 (64 sequences per step), length 2048, 200 steps reported. The accumulation
+    # is the global batch over batch x ranks: 16 on 2 GPUs, 4 on 8
+    "paper": dict(model="Efficient-Large-Model/Fast_dLLM_v2_1.5B", parallel="ddp", lr=5e-6,
+                  weight_decay=0.0, grad_clip=1.0, batch_size=2, global_batch=64, seq_len=2048,
+                  max_iters=200, max_minutes=0, grad_ckpt=True, ckpt_interval=50, log_interval=1),
+    # the same recipe on Fast-dLLM v2 7B (not in the paper): about 16 bytes per parameter of
+    # fp32 weights, gradients and AdamW moments, 122 GB at 7.6B, more than any one GPU, so the
+    # ranks shard them (FSDP2; README, "Training past one GPU's memory")
+    "paper-7b": dict(model="Efficient-Large-Model/Fast_dLLM_v2_7B", parallel="fsdp", lr=5e-6,
+                     weight_decay=0.0, grad_clip=1.0, batch_size=2, global_batch=64, seq_len=2048,
+                     max_iters=200, max_minutes=0, grad_ckpt=True, ckpt_interval=50,
+                     log_interval=1),
+    "cpu": dict(model="Efficient-Large-Model/Fast_dLLM_v2_1.5B", parallel="ddp", lr=1e-3,
+                weight_decay=0.0, grad_clip=1.0, batch_size=2, grad_accum=2, seq_len=128,
+                max_iters=20, max_minutes=0, grad_ckpt=False, ckpt_interval=10, log_interval=1),
 }
 METHODS = ("sft", "rollout", "relay_sg", "relay")
 MASK_EPS = 1e-3   # SFT mask rate p = (1 - eps) t + eps
@@ -53,9 +62,9 @@ g.add_argument("--K", type=int, default=2, help="forwards per update (rollout me
 g.add_argument("--tau", type=float, default=THRESHOLD,
                help="confidence threshold that reveals ground truth between forwards")
 g = p.add_argument_group("model")
-g.add_argument("--model", default="Efficient-Large-Model/Fast_dLLM_v2_1.5B",
-               help="checkpoint directory or hub id (python llm.py --init-tiny DIR makes one)")
-g.add_argument("--preset", default="auto", choices=["auto", "cpu", "paper"],
+g.add_argument("--model", default=None, help="checkpoint directory or hub id (preset: Fast-dLLM "
+               "v2 1.5B or 7B; python llm.py --init-tiny DIR makes a tiny one)")
+g.add_argument("--preset", default="auto", choices=["auto", "cpu", "paper", "paper-7b"],
                help="fills every setting left unset (auto: cpu on a CPU, paper on a GPU)")
 g.add_argument("--grad-ckpt", type=int, default=None, help="gradient checkpointing 1/0 (preset)")
 g = p.add_argument_group("data")
@@ -64,7 +73,11 @@ g.add_argument("--data", default=FIXTURE, help="jsonl of {prompt, response} "
 g.add_argument("--seq-len", type=int, default=None, help="tokens per row, a multiple of the block")
 g = p.add_argument_group("optimisation")
 g.add_argument("--batch-size", type=int, default=None, help="rows per micro-step per rank")
-g.add_argument("--grad-accum", type=int, default=None, help="micro-steps per optimizer step")
+g.add_argument("--grad-accum", type=int, default=None, help="micro-steps per optimizer step "
+               "(paper presets: their 64 sequences per step over batch x ranks)")
+g.add_argument("--parallel", default=None, choices=["ddp", "fsdp"],
+               help="under torchrun: ddp, a whole replica per rank, or fsdp, FSDP2's shards of\n"
+                    "weights, gradients and AdamW state (preset: paper ddp, paper-7b fsdp)")
 g.add_argument("--warmup-frac", type=float, default=0.03, help="warm-up, fraction of max-iters")
 add_run_flags(p, "default: out/llm_<method>; holds the checkpoint directory ckpt/")
 
@@ -73,6 +86,10 @@ def resolve_args(argv=None):
     args = resolve_preset(p.parse_args(argv), PRESETS)
     if args.out_dir is None:
         args.out_dir = f"out/llm_{args.method}"
+    if args.parallel == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        raise UsageError("--parallel fsdp shards the model over ranks: launch it with torchrun "
+                         "--nproc_per_node N (N >= 2); one process trains (and resumes an FSDP "
+                         "checkpoint) with --parallel ddp")
     if args.K < 1:
         raise UsageError(f"--K {args.K}: need at least one forward")
     return args
@@ -178,7 +195,8 @@ class StreamingBuffer:
 
 
 def unwrap(model):
-    """The RelayLM inside a DDP wrapper (forward goes through the wrapper, so DDP syncs grads)."""
+    """The RelayLM inside a DDP wrapper (forward goes through the wrapper, so DDP syncs grads);
+    FSDP2 shards in place, so there the model is the RelayLM itself."""
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
@@ -243,18 +261,50 @@ def sft_loss(model, x0, resp, rng, autocast):
 
 # -----------------------------------------------------------------------------
 
-def save_checkpoint(out_dir, lm, tok, raw_cfg, state):
+def save_checkpoint(out_dir, lm, tok, raw_cfg, state, model_state=None):
     """LLM only: out_dir/ckpt is a directory, the model in the layout sample_llm.py loads plus
     state.pt (optimizer, buffer, RNG, step). Written to ckpt.tmp, then swapped in, so a crash
-    keeps the last one whole."""
+    keeps the last one whole. model_state: the gathered full state dict of a sharded model."""
     final, tmp, old = (os.path.join(out_dir, n) for n in ("ckpt", "ckpt.tmp", "ckpt.old"))
     shutil.rmtree(tmp, ignore_errors=True)
-    save_relay_lm(lm, tok, raw_cfg, tmp)
+    save_relay_lm(lm, tok, raw_cfg, tmp, model_state)
     atomic_torch_save(state, os.path.join(tmp, "state.pt"))
     if os.path.exists(final):
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def gathered_state(model, opt, fsdp):
+    """What a checkpoint saves: (the model's full state dict, the optimizer's state). DDP or one
+    process: (None: the model saves itself, opt.state_dict()). FSDP2: both gathered whole on
+    rank 0 (empty elsewhere), the optimizer's keyed by parameter name, so a run resumes on any
+    number of ranks, FSDP2 or not (load_optimizer)."""
+    if not fsdp:
+        return None, opt.state_dict()
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return (get_model_state_dict(model, options=opts),
+            dict(get_optimizer_state_dict(model, opt, options=opts), by_name=True))
+
+
+def load_optimizer(opt, model, st, fsdp):
+    """The optimizer state of a checkpoint, whichever way it was saved and is resumed: by
+    parameter name (FSDP2's, see gathered_state) through torch.distributed.checkpoint's
+    set_optimizer_state_dict, which shards it for FSDP2 and fills a plain optimizer otherwise;
+    by position (opt.state_dict()) directly, or renamed first when FSDP2 resumes it."""
+    saved = dict(st["optimizer"])
+    by_name = saved.pop("by_name", False)
+    if not by_name and not fsdp:
+        return opt.load_state_dict(saved)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    if not by_name:
+        names = [n for n, q in model.named_parameters() if q.requires_grad]
+        saved = dict(state={names[i]: s for i, s in saved["state"].items()},
+                     param_groups=[dict(g, params=[names[i] for i in g["params"]])
+                                   for g in saved["param_groups"]])
+    set_optimizer_state_dict(model, opt, saved, options=StateDictOptions(full_state_dict=True))
 
 
 def main(argv=None):
@@ -263,6 +313,14 @@ def main(argv=None):
     device, master = ctx.device, ctx.master
     rng = seeded_rng(args.seed, ctx.rank)             # example order, SFT masks
     autocast = autocast_for(device)
+    if args.grad_accum is None:   # LLM: the preset's global batch over batch x ranks
+        per_step = args.batch_size * ctx.world
+        if args.global_batch % per_step:
+            raise UsageError(f"{ctx.world} rank(s) x --batch-size {args.batch_size} does not divide "
+                             f"the preset's {args.global_batch} sequences per step; give "
+                             f"--grad-accum or another --batch-size")
+        args.grad_accum = args.global_batch // per_step
+    fsdp = args.parallel == "fsdp"
 
     # LLM: the model comes first (its tokenizer makes the data); resume reloads it from out_dir
     ckpt_dir = os.path.join(args.out_dir, "ckpt")
@@ -278,13 +336,16 @@ def main(argv=None):
         lm.qwen.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     ids, resp, dropped = load_examples(args.data, tok, args.seq_len, lm.block_size, lm.mask_id)
     stream = ExampleStream(ids, resp, rng)
+    raw_lm = lm                          # saved (FSDP2 shards it in place; a DDP wrapper trains)
+    lm = wrap_fsdp(lm, lm.qwen.model.layers, ctx) if fsdp else wrap_ddp(lm, ctx)
 
     # LLM: no EMA and no weight-decay groups (the Fast-dLLM v2 recipe); one buffer slice per
-    # micro-step
-    opt = torch.optim.AdamW([q for q in lm.parameters() if q.requires_grad], lr=args.lr,
+    # micro-step. The optimizer comes after the wrapping: FSDP2 replaces the parameters by shards
+    opt = torch.optim.AdamW([q for q in raw_lm.parameters() if q.requires_grad], lr=args.lr,
                             weight_decay=args.weight_decay, betas=(0.9, 0.95))
     n_rows = args.batch_size * args.grad_accum
-    buffer = StreamingBuffer(n_rows, args.seq_len, lm.qwen.config.hidden_size, lm.mask_id, device)
+    buffer = StreamingBuffer(n_rows, args.seq_len, raw_lm.qwen.config.hidden_size, raw_lm.mask_id,
+                             device)
     step, elapsed_before = 0, 0.0
 
     os.makedirs(args.out_dir, exist_ok=True)
@@ -293,7 +354,7 @@ def main(argv=None):
         if st["args"]["method"] != args.method:
             raise LLMError(f"{ckpt_dir}: trained with --method {st['args']['method']}, "
                            f"not {args.method}")
-        opt.load_state_dict(st["optimizer"])
+        load_optimizer(opt, raw_lm, st, fsdp)
         step, elapsed_before = st["step"], st["elapsed_s"]
         own = st["ranks"][ctx.rank if ctx.rank < len(st["ranks"]) else 0]
         restore_rng(own["rng"], rng, device)
@@ -301,14 +362,12 @@ def main(argv=None):
         stream.load_state_dict(own["stream"])
         if master:
             print(f"resumed {ckpt_dir} at step {step}")
-    raw_lm = lm                                       # saved; the DDP wrapper trains
-    lm = wrap_ddp(lm, ctx)
     if master:
         n_params = sum(q.numel() for q in raw_lm.parameters())
         print(f"{args.method} K={args.K} | preset {args.preset} | {n_params / 1e6:.2f}M params | "
               f"{len(ids)} examples ({dropped} over {args.seq_len} tokens dropped) | "
               f"{args.batch_size} x {args.grad_accum} accum x {ctx.world} rank(s) = "
-              f"{n_rows * ctx.world} sequences/step | device {device}")
+              f"{n_rows * ctx.world} sequences/step | {'fsdp' if fsdp else 'ddp'} | device {device}")
         with open(os.path.join(args.out_dir, "args.json"), "w") as f:
             json.dump(vars(args), f, indent=1)
 
@@ -321,13 +380,14 @@ def main(argv=None):
     def checkpoint():
         ranks = gather_objects(dict(buffer=buffer.state_dict(), rng=rng_state(rng, device),
                                     stream=stream.state_dict()), ctx)   # LLM: + example order
-        msg = check_replicas(raw_lm, ctx)
+        full, optim = gathered_state(raw_lm, opt, fsdp)   # LLM: FSDP2 gathers on rank 0
+        msg = check_replicas(raw_lm, ctx, full)
         if master:
             if msg:
                 tqdm.write(f"step {step}: {msg}")
             save_checkpoint(args.out_dir, raw_lm, tok, raw_cfg, dict(   # LLM: a directory
-                optimizer=opt.state_dict(), args=vars(args), step=step,
-                elapsed_s=elapsed_before + clock.elapsed(), ranks=ranks))
+                optimizer=optim, args=vars(args), step=step,
+                elapsed_s=elapsed_before + clock.elapsed(), ranks=ranks), full)
 
     lm.train()                          # and stays so: nothing in the loop switches it
     clock = TrainClock(args, step, ctx)
@@ -344,9 +404,7 @@ def main(argv=None):
             buffer.refill(stream)                                            # Alg. 1 lines 2-3
         loss = 0.0
         for micro in range(args.grad_accum):   # LLM: gradient accumulation, DDP syncs the last
-            sync = (contextlib.nullcontext() if not ctx.ddp or micro == args.grad_accum - 1
-                    else lm.no_sync())
-            with sync:
+            with grad_sync(lm, ctx, sync=micro == args.grad_accum - 1):
                 if args.method == "sft":
                     x0, resp = stream.next(args.batch_size)
                     micro_loss = sft_loss(lm, x0.to(device), resp.to(device), rng, autocast)
@@ -359,9 +417,13 @@ def main(argv=None):
             if args.method != "sft":   # the window is truncated at K: the rows go on next step
                 buffer.z[rows], buffer.h[rows], buffer.has_h[rows] = z, h.detach().float(), has_h
             loss += micro_loss.item() / args.grad_accum
-        torch.nn.utils.clip_grad_norm_(lm.parameters(), args.grad_clip)
+        # the optimizer's parameters: under FSDP2 the root's gathered copies stand in for its
+        # shards until reshard_root, and the gradients are on the shards
+        torch.nn.utils.clip_grad_norm_([q for g in opt.param_groups for q in g["params"]],
+                                       args.grad_clip)
         opt.step()                                                           # line 10
         opt.zero_grad(set_to_none=True)
+        reshard_root(lm)                               # LLM: FSDP2 gathers the new weights next
         step += 1
         losses.append(loss)
         clock.step_done(step, losses, lr, n_rows * ctx.world * args.seq_len, "tok")
