@@ -122,14 +122,31 @@ def test_relay_fine_tuning_moves_R_and_the_relay_acts_in_decoding(memorised):
     assert not torch.allclose(lm2(z, x0, h, z == lm2.mask_id), lm2(z, x0))
 
 
-@pytest.mark.parametrize("preset", ["smoke_sudoku", "smoke"])
-def test_table2_smoke_runs_end_to_end(tmp_path, preset):
+def test_table2_scores_each_task_by_hand():
+    """table2.score: exact match per answer and the report's other columns, toy tasks (exact
+    match per task) and Sudoku (cell accuracy, legal rate), recomputed here."""
+    import numpy as np
+    rows = toy.generate("test", 2, seed=3)
+    texts = [r["answer"] if i % 2 == 0 else r["answer"] + "x" for i, r in enumerate(rows)]
+    ok, parts = table2.score(texts, rows, np.array([r["task"] for r in rows]))
+    assert ok.tolist() == [i % 2 == 0 for i in range(len(rows))]
+    for task in toy.TASKS:
+        mine = [i % 2 == 0 for i, r in enumerate(rows) if r["task"] == task]
+        assert parts[task] == 100 * sum(mine) / len(mine)
+    answer = "123456789456789123789123456214365897365897214897214365531642978642978531978531642"
+    sudoku = [dict(prompt="0" * 81, answer=answer, task="sudoku")] * 2
+    ok, parts = table2.score([answer, "9" + answer[1:]], sudoku, np.array(["sudoku"] * 2))
+    assert ok.tolist() == [True, False]
+    assert parts == {"cell acc": 100 * (1 + 80 / 81) / 2, "legal": 50.0}
+
+
+def test_table2_smoke_runs_end_to_end(tmp_path):
+    preset = "smoke_sudoku"
     md = table2.main(["--preset", preset, "--seeds", "1", "--methods", "relay",
                       "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res"),
                       "--jobs", "1"])
-    columns = "| exact match | cell acc | legal |" if preset == "smoke_sudoku" else \
-        "| exact match | add | prefix | rotate |"
-    for label in ("base (SFT from scratch)", "| Relay |", "tau 0.85", columns, "The base's gates"):
+    for label in ("base (SFT from scratch)", "| Relay |", "tau 0.85", "| exact match | cell acc "
+                  "| legal |", "The base's gates"):
         assert label in md
     assert (tmp_path / "res" / "frontier.png").stat().st_size > 1000
     invocations = (tmp_path / "runs" / "invocations.jsonl").read_text().splitlines()
