@@ -148,6 +148,11 @@ def test_table2_smoke_runs_end_to_end(tmp_path):
     for label in ("base (SFT from scratch)", "| Relay |", "tau 0.85", "| exact match | cell acc "
                   "| legal |", "The base's gates"):
         assert label in md
+    # --probe: the base's exact match and NFE on a few rows at the sweep's ends
+    rows = table2.main(["--probe", str(tmp_path / "runs" / "base" / "ckpt"), "--probe-data",
+                        str(tmp_path / "runs" / "data" / "val.jsonl"), "--probe-n", "2"])
+    assert [r["tau"] for r in rows] == [0.99, 0.85, 0.5]
+    assert all(set(r["parts"]) == {"cell acc", "legal"} and r["nfe"] > 0 for r in rows)
     assert (tmp_path / "res" / "frontier.png").stat().st_size > 1000
     invocations = (tmp_path / "runs" / "invocations.jsonl").read_text().splitlines()
     assert len(invocations) == 1 and json.loads(invocations[0])["wall_s"] > 0
