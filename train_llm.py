@@ -43,7 +43,7 @@ PRESETS = {
                   max_iters=200, max_minutes=0, grad_ckpt=True, ckpt_interval=50, log_interval=1),
     # the same recipe on Fast-dLLM v2 7B (not in the paper): about 16 bytes per parameter of
     # fp32 weights, gradients and AdamW moments, 122 GB at 7.6B, more than any one GPU, so the
-    # ranks shard them (FSDP2; README, "Training past one GPU's memory")
+    # ranks shard them (FSDP2; USAGE.md, "Training past one GPU's memory")
     "paper-7b": dict(model="Efficient-Large-Model/Fast_dLLM_v2_7B", parallel="fsdp", lr=5e-6,
                      weight_decay=0.0, grad_clip=1.0, batch_size=2, global_batch=64, seq_len=2048,
                      max_iters=200, max_minutes=0, grad_ckpt=True, ckpt_interval=50,
