@@ -62,7 +62,7 @@ PRESETS = {
     # seconds: the tests' end-to-end runs
     "smoke": dict(task="toy", n_train=60, n_eval=4, hidden=32, layers=1, heads=2, rope_theta=1e4,
                   seq_len=96, batch=2, base_steps=4, base_lr=1e-3, ft_steps=2, ft_lr=3e-4),
-    "smoke_sudoku": dict(task="sudoku", clues="30-40", copies=1, n_eval=4, n_train=12, n_split=4,
+    "smoke_sudoku": dict(task="sudoku", clues="45-50", copies=1, n_eval=4, n_train=12, n_split=4,
                          hidden=32, layers=1,
                          heads=2, rope_theta=1e4, seq_len=192, batch=2,
                          base_steps=4, base_lr=1e-3, ft_steps=2, ft_lr=3e-4),
