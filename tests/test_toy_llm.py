@@ -70,7 +70,9 @@ def test_mask_is_never_the_argmax_after_training(memorised, monkeypatch):
     """Training keeps [MASK] inside the softmax (as Fast-dLLM v2's recipe), so its logit is
     pushed down: a decoder that takes the argmax over the whole vocabulary (the official one)
     never picks it. Checked on the raw logits of every masked position of every denoising pass
-    over held-out prompts (the test split: none of them was trained on)."""
+    over held-out prompts (the test split: none of them was trained on). The property, not the
+    cause: this memorised model passes it with [MASK] left out of the loss too (measured); what
+    fails with that is tests/test_llm_train.py::test_the_training_loss_keeps_mask_in_its_softmax."""
     d, rows, _ = memorised
     lm, tok = sample_llm.load_for_decoding(str(d / "sft" / "ckpt"), "cpu")
     held_out = toy.generate("test", 4, seed=1)[:8]
