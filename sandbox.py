@@ -59,9 +59,16 @@ class SandboxError(UserError):
 # what the sandbox shows: one mount plan for both backends
 
 def _interpreter():
-    """(the installation's lib dir, the executable's real path)."""
-    return (os.path.join(os.path.realpath(sys.base_prefix), "lib"),
-            os.path.realpath(sys.executable))
+    """What the interpreter needs, at their real paths: (its executable, its standard library
+    dirs, its shared libpython if it has one, the site-packages dir its `site` module reads)."""
+    bp = os.path.realpath(sys.base_prefix)
+    paths = sysconfig.get_paths(vars=dict(base=bp, platbase=bp, installed_base=bp,
+                                          installed_platbase=bp))
+    stdlib = sorted({os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib")})
+    so = os.path.join(sysconfig.get_config_var("LIBDIR") or "",
+                      sysconfig.get_config_var("INSTSONAME") or "")
+    shared = [os.path.realpath(so)] if os.path.isfile(so) else []
+    return os.path.realpath(sys.executable), stdlib, shared, paths["purelib"]
 
 
 def _allowed_packages():
@@ -95,15 +102,15 @@ def _system_libs():
 
 def mount_plan():
     """[(op, *args)] in order: ro (bind read-only), tmpfs (path, bytes), symlink (target, path),
-    dev, proc. The interpreter sits at its own path (its RUNPATH and prefix then hold)."""
-    lib, exe = _interpreter()
-    stdlib = os.path.join(lib, f"python{sys.version_info[0]}.{sys.version_info[1]}")
-    site_dir = os.path.join(stdlib, "site-packages")
+    dev, proc. The interpreter's files sit at their own paths (its RUNPATH and prefix then
+    hold); its site-packages is an empty tmpfs with only numpy bound in (a distribution's
+    dist-packages elsewhere is not there at all)."""
+    exe, stdlib, shared, site_dir = _interpreter()
     libs, links = _system_libs()
     plan = [("ro", d) for d in libs] + [("symlink", t, p) for t, p in links]
-    plan += [("ro", lib), ("ro", exe)]
-    if os.path.isdir(site_dir):                 # hide the installation's own packages
-        plan.append(("tmpfs", site_dir, 1 << 20))
+    plan += [("ro", p) for p in [exe, *stdlib, *shared] if not any(
+        p.startswith(d + "/") for d in libs)]      # a libpython in the system's lib dir
+    plan.append(("tmpfs", site_dir, 1 << 20))
     plan += [("ro", p, os.path.join(site_dir, os.path.basename(p))) for p in _allowed_packages()]
     if os.path.exists("/etc/ld.so.cache"):
         plan.append(("ro", "/etc/ld.so.cache"))
@@ -245,8 +252,7 @@ os.execve(argv[0], argv, env)
 def _command(backend, args, seccomp_fd):
     """The command line that runs the interpreter with `args` inside `backend`'s isolation."""
     root = os.geteuid() == 0
-    exe = _interpreter()[1]
-    argv = [exe, *PYTHON_FLAGS, *args]
+    argv = [_interpreter()[0], *PYTHON_FLAGS, *args]
     if backend == "bwrap":
         # as root: bwrap builds the namespaces and mounts with no user namespace, then setpriv
         # drops to NOBODY with no capabilities and no way back; as a user: a user namespace

@@ -234,6 +234,11 @@ def test_the_host_is_invisible_and_the_kernel_refuses_what_the_filter_denies(bac
     # and the probes themselves, for the record of what was seen: run bare, print it
     out = sandbox.run(["-c", probes + "print(seen)\n"], backend=backend)
     assert out.returncode == 0 and out.stdout == b"[]\n", (out.stdout, out.stderr)
+    # of the installation's packages (pytest, torch, ... here), only numpy is there
+    site_dir = sandbox._interpreter()[3]
+    out = sandbox.run(["-c", f"import os\nprint(sorted(os.listdir({site_dir!r})))"], backend=backend)
+    assert out.stdout.decode().strip() == str(sorted(os.path.basename(p) for p in
+                                                      sandbox._allowed_packages())), out
 
 
 @needs_sandbox
