@@ -366,7 +366,8 @@ def replay(problem, ref, outs, timeout, backend):
             return f"call {i}: unreadable output"
     r, lines = _runner("replay", dict(program=problem["canonical"], test=problem["test"],
                                       entry_point=problem["entry_point"], calls=ref.calls,
-                                      outputs=outs), timeout, backend)
+                                      outputs=outs, reference_outputs=ref.outputs), timeout,
+                       backend)
     if r.returncode == 0 and {"passed": True} in lines:
         return "passed"
     return _why(r, lines, "the tests failed")

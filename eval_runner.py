@@ -303,7 +303,9 @@ def replay(req, emit):
         kind, v = outs[i]
         if kind == "ok":
             return decode(v)
-        if kind == "digest":
+        if kind == "digest":            # large: the canonical's own output, if it is that
+            if v == req["reference_outputs"][i][1]:
+                return ns[req["entry_point"]](*args, **kwargs)
             raise AssertionError("call %d: an output over %d bytes that is not the reference's"
                                  % (i, DIGEST_OVER))
         cls = getattr(builtins, str(v), None)

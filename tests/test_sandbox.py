@@ -144,6 +144,21 @@ def test_helpers_the_tests_call_and_the_answers_own_methods_are_not_trusted(back
     assert verdict(p32["canonical"], backend, p32)["plus"] is True   # any root will do
 
 
+@needs_sandbox
+def test_outputs_over_a_mib_cross_as_digests_and_still_replay():
+    """An output over DIGEST_OVER crosses as its SHA-256: right when it is the reference's
+    exactly, also where the replay is needed for another call (the canonical recomputes it)."""
+    big = dict(task_id="toy/big", entry_point="f", prompt="def f(n):\n",
+               canonical="def f(n):\n    return 'x' * n if n > 9 else 1\n",
+               test="assert len(f(2 << 20)) == 2 << 20 and f(2 << 20)[0] == 'x'\n"
+                    "assert f(3) in (1, 2)\n", inputs=[[3 << 20]], atol=0)
+    other = "def f(n):\n    return 'x' * n if n > 9 else 2\n"          # different, accepted
+    wrong = "def f(n):\n    return 'y' * n if n > 9 else 1\n"
+    rs = code_eval.evaluate_solutions([big] * 3, [big["canonical"], other, wrong],
+                                      backend=BACKENDS[0])
+    assert [(r["base"], r["plus"]) for r in rs] == [(True, True), (True, True), (False, False)], rs
+
+
 # -----------------------------------------------------------------------------
 # nothing outside is seen or changed
 
