@@ -203,47 +203,94 @@ class Reference:
     outputs on the plus inputs; `error` when even the canonical run failed (a benchmark bug).
     A successful run is kept in CACHE_DIR, keyed by everything it depends on."""
 
-    def __init__(self, problem, timeout, backend):
+    def __init__(self, problem):
         inputs = problem.get("inputs", [])
         self.plus_calls = [eval_runner.encode([list(x), {}]) for x in inputs]
-        request = dict(program=problem["canonical"], test=problem["test"],
-                       inputs=[c[0] for c in self.plus_calls], entry_point=problem["entry_point"])
-        text = json.dumps(request)
-        key = hashlib.sha256("\0".join((RUNNER, sys.version, text)).encode("utf-8", "surrogatepass"))
-        path = os.path.join(CACHE_DIR, key.hexdigest() + ".json") if CACHE_DIR else None
-        if path and os.path.exists(path):
-            lines, self.error = json.load(open(path)), None
-        else:
-            r, lines = _runner("reference", request, timeout, backend)
-            done = r.returncode == 0 and sum(type(x) is dict and "plus" in x
-                                             for x in lines) == len(inputs)
-            self.error = None if done else ("the canonical solution's run failed: "
-                                            + _why(r, lines, "no answer"))
-            if done and path:
-                try:
-                    os.makedirs(CACHE_DIR, exist_ok=True)
-                    atomic_write(path, json.dumps(lines))
-                except OSError:
-                    pass                        # a cache that cannot be written is no cache
+        self.request = dict(program=problem["canonical"], test=problem["test"],
+                            inputs=[c[0] for c in self.plus_calls],
+                            entry_point=problem["entry_point"])
+        key = hashlib.sha256("\0".join((RUNNER, sys.version, json.dumps(self.request)))
+                             .encode("utf-8", "surrogatepass")).hexdigest()
+        self.path = os.path.join(CACHE_DIR, key + ".json") if CACHE_DIR else None
+        self.error, self.lines = "not run", None
+        if self.path and os.path.exists(self.path):
+            self.lines = json.load(open(self.path))
+            self.take(self.lines)
+
+    def take(self, lines, why=None):
+        """Its answer lines (complete or not); a complete answer is cached on disk."""
         self.calls = [x["call"] for x in lines if type(x) is dict and "call" in x]
         self.outputs = [x["out"] for x in lines if type(x) is dict and "call" in x]
         self.plus = [x["plus"] for x in lines if type(x) is dict and "plus" in x]
+        if why is not None or len(self.plus) != len(self.plus_calls):
+            self.error = "the canonical solution's run failed: " + (why or "no answer")
+            return
         self.plus_values = [eval_runner.decode(o[1]) if o[0] == "ok" else None for o in self.plus]
+        self.error = None
+        if self.path and self.lines is None:
+            try:
+                os.makedirs(CACHE_DIR, exist_ok=True)
+                atomic_write(self.path, json.dumps(lines))
+            except OSError:
+                pass                            # a cache that cannot be written is no cache
+        self.lines = lines
+
+    def run(self, timeout, backend):
+        r, lines = _runner("reference", self.request, timeout, backend)
+        self.take(lines, None if r.returncode == 0 else _why(r, lines, "no answer"))
 
 
 _REFERENCES, _REFERENCE_LOCKS = {}, {}
 _LOCK = threading.Lock()
 
 
+def _key(problem, backend):
+    return problem["task_id"], problem["canonical"], problem["test"], backend
+
+
 def reference(problem, timeout, backend):
-    """Reference(problem), computed once per problem (and backend) in this process."""
-    key = (problem["task_id"], problem["canonical"], problem["test"], backend)
+    """Reference(problem): from this process's memory, the disk cache, or its own run."""
+    key = _key(problem, backend)
     with _LOCK:
         lock = _REFERENCE_LOCKS.setdefault(key, threading.Lock())
     with lock:
         if key not in _REFERENCES:
-            _REFERENCES[key] = Reference(problem, timeout, backend)
+            ref = Reference(problem)
+            if ref.error:
+                ref.run(timeout, backend)
+            _REFERENCES[key] = ref
     return _REFERENCES[key]
+
+
+def prefetch_references(problems, timeout, backend, workers=2, batch=32, progress=False):
+    """The references not yet known, `batch` problems per sandboxed run (the canonical code is
+    trusted: one interpreter start for many saves most of a cold scoring's time). A problem
+    whose run did not finish is left to reference()'s own run."""
+    todo = {}
+    for p in problems:
+        key = _key(p, backend)
+        if key not in _REFERENCES and key not in todo:
+            ref = Reference(p)
+            if ref.error is None:
+                _REFERENCES[key] = ref
+            else:
+                todo[key] = ref
+    chunks = [list(todo.items())[i:i + batch] for i in range(0, len(todo), batch)]
+
+    def one(chunk):
+        r, lines = _runner("references", dict(problems=[ref.request for _, ref in chunk]),
+                           2 * timeout + 2 * len(chunk), backend)
+        for k, (key, ref) in enumerate(chunk):
+            mine = [x for x in lines if type(x) is dict and x.get("p") == k]
+            if {"p": k, "done": True} in mine:
+                ref.take([{n: v for n, v in x.items() if n != "p"} for x in mine
+                          if "done" not in x])
+                if ref.error is None:
+                    with _LOCK:
+                        _REFERENCES[key] = ref
+    with ThreadPoolExecutor(workers) as ex:
+        list(tqdm(ex.map(one, chunks), total=len(chunks), desc="reference runs",
+                  disable=not progress or not chunks))
 
 
 def close(out, exp, atol=0.0):
@@ -379,6 +426,7 @@ def evaluate_solutions(problems, codes, workers=2, timeout=10.0, plus_timeout=60
     Each code is sanitised in its sandbox; one sample never stops the run (an error of the
     evaluator's own on it is that sample's fail, with the reason)."""
     backend = choose_backend(backend, unsafe)   # refuse before anything runs
+    prefetch_references(problems, timeout + plus_timeout, backend, workers, progress=progress)
 
     def one(args):
         problem, code = args
