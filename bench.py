@@ -230,6 +230,30 @@ def training_memory(ranks=(2, 4, 8)):
 
 # -----------------------------------------------------------------------------
 
+def code_eval_speed(data_dir, backend="auto", workers=2):
+    """Seconds per sample to score every canonical solution of HumanEval+ and MBPP: cold (the
+    reference runs computed, in a fresh cache) and warm (the references from that cache)."""
+    import tempfile
+    import code_eval
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="relay_references_") as cache:
+        code_eval.CACHE_DIR = cache
+        for task in ("humaneval_plus", "mbpp"):
+            problems = code_eval.load_tasks(task, data_dir=data_dir)
+            for state in ("cold", "warm"):
+                code_eval._REFERENCES.clear()
+                t0 = time.time()
+                res = code_eval.evaluate_solutions(problems, [p["canonical"] for p in problems],
+                                                   workers, backend=backend)
+                dt = time.time() - t0
+                ok = sum(bool(r["base"]) and r["plus"] is not False for r in res)
+                rows.append(dict(task=task, state=state, n=len(problems), passed=ok, wall_s=dt))
+                print(f"code_eval {task} ({res and code_eval.choose_backend(backend)}, {workers} "
+                      f"workers, {state}): {ok}/{len(problems)} canonical pass, {dt:.1f} s, "
+                      f"{dt / len(problems):.3f} s/sample", flush=True)
+    return rows
+
+
 def bench_sudoku(args, device):
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     peak = matmul_peak(device)
@@ -307,8 +331,13 @@ def main(argv=None):
     p.add_argument("--training-memory", action="store_true",
                    help="only print the computed per-GPU training state of the real LLM shapes\n"
                         "under DDP and FSDP2 (train_llm.py --parallel)")
+    p.add_argument("--code-eval", default=None, metavar="DIR",
+                   help="only time code_eval.py on every canonical solution of HumanEval+ and\n"
+                        "MBPP in DIR (cold and warm reference cache)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     args = p.parse_args(argv)
+    if args.code_eval:
+        return code_eval_speed(args.code_eval)
     if args.training_memory:
         rows = training_memory()
         ranks = list(rows[0]["fsdp"])
