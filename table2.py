@@ -55,8 +55,9 @@ PRESETS = {
     # = 182 tokens, so sequence 192. With the cpu preset's 30-40 clues this base got 33 % of the
     # blanks right and no board after 2,000 of 3,000 steps; with 45-50, 72 % and 2-3 % of boards
     # after 1,000, 24 % after 2,000, with 54 % fewer passes at tau 0.5 than at 0.99 (100
-    # validation puzzles; results/sudoku_llm/README.md); so the base's schedule ends at 2,000
-    # steps, which keeps the whole table within about 2.5 h on 2 cores
+    # validation puzzles; results/sudoku_llm/README.md). Its schedule here ends at 2,000 steps
+    # to fit one session (the table: 95 min on 2 cores), and anneals too early: this base solved
+    # 6.0 % of the test boards, below the first gate; 3,000 steps is the sized budget
     "sudoku": dict(task="sudoku", clues="45-50", copies=8, n_eval=300, hidden=128, layers=4,
                    heads=4, rope_theta=1e4, seq_len=192, batch=16, base_steps=2000, base_lr=3e-3,
                    ft_steps=300, ft_lr=3e-4),
