@@ -130,23 +130,22 @@ DENIED = ("ptrace", "mount", "umount2", "pivot_root", "chroot", "acct", "swapon"
           "open_by_handle_at", "process_vm_readv", "process_vm_writev", "bpf", "userfaultfd",
           "io_uring_setup", "io_uring_enter", "io_uring_register", "open_tree", "move_mount",
           "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr")
-SYSCALLS = {   # (audit arch, numbers): x86_64 from arch/x86/entry/syscalls; aarch64 asm-generic
-    "x86_64": (0xC000003E, dict(
-        ptrace=101, mount=165, umount2=166, pivot_root=155, chroot=161, acct=163, swapon=167,
-        swapoff=168, reboot=169, init_module=175, delete_module=176, kexec_load=246, add_key=248,
-        request_key=249, keyctl=250, unshare=272, perf_event_open=298, name_to_handle_at=303,
-        open_by_handle_at=304, setns=308, process_vm_readv=310, process_vm_writev=311,
-        finit_module=313, bpf=321, userfaultfd=323, clone=56)),
-    "aarch64": (0xC00000B7, dict(
-        ptrace=117, mount=40, umount2=39, pivot_root=41, chroot=51, acct=89, swapon=224,
-        swapoff=225, reboot=142, init_module=105, delete_module=106, kexec_load=104, add_key=217,
-        request_key=218, keyctl=219, unshare=97, perf_event_open=241, name_to_handle_at=264,
-        open_by_handle_at=265, setns=268, process_vm_readv=270, process_vm_writev=271,
-        finit_module=273, bpf=280, userfaultfd=282, clone=220)),
+AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+SYSCALLS = {   # name: (x86_64 from arch/x86/entry/syscalls, aarch64 from asm-generic)
+    "ptrace": (101, 117), "mount": (165, 40), "umount2": (166, 39), "pivot_root": (155, 41),
+    "chroot": (161, 51), "acct": (163, 89), "swapon": (167, 224), "swapoff": (168, 225),
+    "reboot": (169, 142), "init_module": (175, 105), "delete_module": (176, 106),
+    "kexec_load": (246, 104), "add_key": (248, 217), "request_key": (249, 218),
+    "keyctl": (250, 219), "unshare": (272, 97), "perf_event_open": (298, 241),
+    "name_to_handle_at": (303, 264), "open_by_handle_at": (304, 265), "setns": (308, 268),
+    "process_vm_readv": (310, 270), "process_vm_writev": (311, 271), "finit_module": (313, 273),
+    "bpf": (321, 280), "userfaultfd": (323, 282), "clone": (56, 220),
+    # numbered alike on every architecture (the calls added since Linux 5.1)
+    "io_uring_setup": (425, 425), "io_uring_enter": (426, 426), "io_uring_register": (427, 427),
+    "open_tree": (428, 428), "move_mount": (429, 429), "fsopen": (430, 430),
+    "fsconfig": (431, 431), "fsmount": (432, 432), "fspick": (433, 433), "clone3": (435, 435),
+    "mount_setattr": (442, 442),
 }
-COMMON = dict(io_uring_setup=425, io_uring_enter=426, io_uring_register=427, open_tree=428,
-              move_mount=429, fsopen=430, fsconfig=431, fsmount=432, fspick=433, clone3=435,
-              mount_setattr=442)
 CLONE_NEW = 0x7E020080           # NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET, NEWTIME
 EPERM, ENOSYS = 1, 38
 
@@ -156,11 +155,11 @@ def seccomp_filter(machine=None):
     namespace flag with EPERM, clone3 with ENOSYS (its flags sit in memory a filter cannot read;
     glibc then falls back to clone), another architecture's calls kill the process."""
     machine = machine or platform.machine()
-    if machine not in SYSCALLS:
+    if machine not in AUDIT_ARCH:
         raise SandboxError(f"no seccomp syscall table for {machine}: the sandbox is built for "
-                           f"{', '.join(SYSCALLS)}")
-    arch, nrs = SYSCALLS[machine]
-    nrs = dict(nrs, **COMMON)
+                           f"{', '.join(AUDIT_ARCH)}")
+    arch, column = AUDIT_ARCH[machine], list(AUDIT_ARCH).index(machine)
+    nrs = {name: numbers[column] for name, numbers in SYSCALLS.items()}
     LD, JEQ, JGE, JSET, RET = 0x20, 0x15, 0x35, 0x45, 0x06
     # (op, jump if true, jump if false, k), jumps by label (None: the next instruction)
     prog = [(LD, None, None, 4), (JEQ, None, "kill", arch), (LD, None, None, 0)]
