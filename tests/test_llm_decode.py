@@ -277,12 +277,22 @@ needs_sandbox = pytest.mark.skipif(not code_eval.available_backends(),
                                    reason="no isolation here (bwrap or unshare): nothing may run")
 
 
+# the problems that need what the evaluator does beyond plain equality: large outputs (15),
+# a root checked by our polynomial (32), unseeded random inputs (38), a Counter (40, 88), a
+# complex (124), arguments of the benchmark's own class (367)
+SPECIAL = {"HumanEval/0", "HumanEval/2", "HumanEval/15", "HumanEval/32", "HumanEval/38",
+           "Mbpp/40", "Mbpp/88", "Mbpp/124", "Mbpp/367"}
+
+
 @needs_data
 @needs_sandbox
 @pytest.mark.parametrize("task", ["humaneval_plus", "mbpp"])   # HumanEval's tests are HumanEval+'s base
-def test_every_canonical_solution_passes(task):
+def test_canonical_solutions_pass(task):
+    """Every third problem and the special ones (a third of the time of all of them; `python
+    bench.py --code-eval DIR` scores every canonical solution: 164/164 and 500/500)."""
     problems = code_eval.load_tasks(task, data_dir=CODE_DIR)
     assert len(problems) == {"humaneval": 164, "humaneval_plus": 164, "mbpp": 500}[task]
+    problems = [p for i, p in enumerate(problems) if i % 3 == 0 or p["task_id"] in SPECIAL]
     res = code_eval.evaluate_solutions(problems, [p["canonical"] for p in problems], workers=2)
     failed = [r for r in res if not r["base"] or r["plus"] is False]
     assert not failed, failed[:3]
