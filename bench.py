@@ -248,7 +248,7 @@ def code_eval_speed(data_dir, backend="auto", workers=2):
                 dt = time.time() - t0
                 ok = sum(bool(r["base"]) and r["plus"] is not False for r in res)
                 rows.append(dict(task=task, state=state, n=len(problems), passed=ok, wall_s=dt))
-                print(f"code_eval {task} ({res and code_eval.choose_backend(backend)}, {workers} "
+                print(f"code_eval {task} ({code_eval.choose_backend(backend)}, {workers} "
                       f"workers, {state}): {ok}/{len(problems)} canonical pass, {dt:.1f} s, "
                       f"{dt / len(problems):.3f} s/sample", flush=True)
     return rows

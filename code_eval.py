@@ -29,7 +29,6 @@ from tqdm import tqdm
 import eval_runner
 import sandbox
 from common import UserError, atomic_write, run_main
-from eval_runner import sanitize  # noqa: F401 -- runs in the sandbox; here for callers and tests
 from sandbox import BACKENDS, SandboxError, available_backends, choose_backend  # noqa: F401
 
 TASKS = ("humaneval", "humaneval_plus", "mbpp", "mbpp_plus")

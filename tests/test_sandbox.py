@@ -2,7 +2,6 @@
 without knowing this harness, programs that reach outside their sandbox, and samples that try to
 crash or stall the evaluator. Every case runs under each isolation this machine offers (bwrap,
 unshare): a wrong answer fails, nothing outside changes, no process outlives the evaluation."""
-import ctypes
 import json
 import os
 import socket
