@@ -439,7 +439,7 @@ def _processes_of(uid):
 def _drain(fd, keep, out, head=False):
     """Read fd to its end, keeping the first (head) or last `keep` bytes: a program that floods
     its output cannot grow the evaluator's memory. out: [bytes, overflowed]."""
-    buf, over = b"", False
+    chunks, size, over = [], 0, False
     while True:
         try:
             chunk = os.read(fd, 1 << 16)
@@ -448,11 +448,17 @@ def _drain(fd, keep, out, head=False):
         if not chunk:
             break
         if head:
-            over |= len(buf) + len(chunk) > keep
-            buf = (buf + chunk)[:keep] if not over or len(buf) < keep else buf
+            take = chunk[:max(0, keep - size)]
+            chunks.append(take)
+            size += len(take)
+            over |= len(take) < len(chunk)
         else:
-            buf = (buf + chunk)[-keep:]
-    out += [buf, over]
+            chunks.append(chunk)
+            size += len(chunk)
+            while size - len(chunks[0]) >= keep:       # the tail alone still holds `keep`
+                size -= len(chunks.pop(0))
+    data = b"".join(chunks)
+    out += [data if head else data[-keep:], over]
 
 
 def _feed(fd, data):
