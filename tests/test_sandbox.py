@@ -497,3 +497,19 @@ def test_samples_file_cli_scores_a_mix_of_right_wrong_and_hostile(tmp_path):
         out = run_cli("--samples", str(bad))
         assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr
         assert f"{bad}:2:" in out.stderr and problem in out.stderr, out.stderr
+
+
+def test_output_is_kept_head_or_tail_exactly_and_overflow_is_reported():
+    data = bytes(range(256)) * 4000                  # 1,024,000 bytes in uneven writes
+    for head, keep in ((True, 100_000), (False, 100_000), (True, 2_000_000), (False, 70_000)):
+        r, w = os.pipe()
+        out = []
+        t = threading.Thread(target=sandbox._drain, args=(r, keep, out, head))
+        t.start()
+        for a, b in ((0, 1), (1, 65_537), (65_537, 700_001), (700_001, len(data))):
+            os.write(w, data[a:b])
+        os.close(w)
+        t.join()
+        os.close(r)
+        assert out[0] == (data[:keep] if head else data[-keep:]), (head, keep)
+        assert out[1] is (head and keep < len(data))
