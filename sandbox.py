@@ -107,18 +107,16 @@ def mount_plan():
     dist-packages elsewhere is not there at all)."""
     exe, stdlib, shared, site_dir = _interpreter()
     libs, links = _system_libs()
-    plan = [("ro", d) for d in libs] + [("symlink", t, p) for t, p in links]
-    plan += [("ro", p) for p in [exe, *stdlib, *shared] if not any(
+    plan = [("ro", d, d) for d in libs] + [("symlink", t, p) for t, p in links]
+    plan += [("ro", p, p) for p in [exe, *stdlib, *shared] if not any(
         p.startswith(d + "/") for d in libs)]      # a libpython in the system's lib dir
     plan.append(("tmpfs", site_dir, 1 << 20))
     plan += [("ro", p, os.path.join(site_dir, os.path.basename(p))) for p in _allowed_packages()]
     if os.path.exists("/etc/ld.so.cache"):
-        plan.append(("ro", "/etc/ld.so.cache"))
+        plan.append(("ro", "/etc/ld.so.cache", "/etc/ld.so.cache"))
     if os.geteuid() == 0 and shutil.which("setpriv"):
         plan.append(("ro", os.path.realpath(shutil.which("setpriv")), "/usr/bin/setpriv"))
-    plan += [("dev",), ("proc",), ("tmpfs", WORK, WORK_BYTES), ("tmpfs", "/tmp", TMP_BYTES)]
-    return [(op[0], *op[1:]) if op[0] != "ro" or len(op) == 3 else ("ro", op[1], op[1])
-            for op in plan]
+    return plan + [("dev",), ("proc",), ("tmpfs", WORK, WORK_BYTES), ("tmpfs", "/tmp", TMP_BYTES)]
 
 
 # -----------------------------------------------------------------------------
@@ -261,14 +259,15 @@ def _command(backend, args, seccomp_fd):
         read_only, plan = [], mount_plan()
         # bwrap would give the parents it creates its source's modes (/root: 0700); the
         # unprivileged user must traverse them
-        parents = sorted({os.path.dirname(p) for op in plan if op[0] in ("ro", "tmpfs")
-                          for p in [op[-1] if op[0] == "ro" else op[1]]}, key=len)
-        for d in parents:
-            parts = d.strip("/").split("/")
-            for n in range(1, len(parts) + 1):
-                a = "/" + "/".join(parts[:n])
-                if a not in cmd:
-                    cmd += ["--perms", "0755", "--dir", a]
+        made = set()
+        for op in plan:
+            if op[0] in ("ro", "tmpfs"):
+                parts = os.path.dirname(op[2] if op[0] == "ro" else op[1]).strip("/").split("/")
+                for n in range(1, len(parts) + 1):
+                    d = "/" + "/".join(parts[:n])
+                    if parts[0] and d not in made:
+                        made.add(d)
+                        cmd += ["--perms", "0755", "--dir", d]
         for op in plan:
             if op[0] == "ro":
                 cmd += ["--ro-bind", op[1], op[2]]
