@@ -55,11 +55,10 @@ PRESETS = {
     # = 182 tokens, so sequence 192. With the cpu preset's 30-40 clues this base got 33 % of the
     # blanks right and no board after 2,000 of 3,000 steps; with 45-50, 72 % and 2-3 % of boards
     # after 1,000, 24 % after 2,000, with 54 % fewer passes at tau 0.5 than at 0.99 (100
-    # validation puzzles; results/sudoku_llm/README.md). Its schedule here ends at 2,000 steps
-    # to fit one session (the table: 95 min on 2 cores), and anneals too early: this base solved
-    # 6.0 % of the test boards, below the first gate; 3,000 steps is the sized budget
+    # validation puzzles; results/sudoku_llm/README.md). A 2,000-step schedule anneals too early
+    # (6.0 % of the test boards, below the first gate; results/sudoku_llm/README.md), so 3,000
     "sudoku": dict(task="sudoku", clues="45-50", copies=8, n_eval=300, hidden=128, layers=4,
-                   heads=4, rope_theta=1e4, seq_len=192, batch=16, base_steps=2000, base_lr=3e-3,
+                   heads=4, rope_theta=1e4, seq_len=192, batch=16, base_steps=3000, base_lr=3e-3,
                    ft_steps=300, ft_lr=3e-4),
     # seconds: the tests' end-to-end runs
     "smoke": dict(task="toy", n_train=60, n_eval=4, hidden=32, layers=1, heads=2, rope_theta=1e4,
@@ -136,19 +135,43 @@ def prepare(cfg, runs_dir):
     return data
 
 
+# what a run's args.json must match for its checkpoint to count as this plan's run: a
+# checkpoint trained to another schedule (max_iters sets the cosine) would otherwise be resumed,
+# or taken as finished, silently
+SAME_RUN_ARGS = ("model", "method", "K", "data", "seq_len", "batch_size", "lr", "max_iters", "seed")
+
+
+def check_same_run(run, want):
+    """UsageError naming the run's directory and the first setting that differs from `want`
+    (train_llm.py's args as this plan would give them) when a previous invocation left a
+    checkpoint trained with other settings there."""
+    path = os.path.join(run.dir, "args.json")
+    if run.step() == 0 or not os.path.exists(path):
+        return
+    have = json.load(open(path))
+    for k in SAME_RUN_ARGS:
+        if have.get(k) != want[k]:
+            raise UsageError(f"{path}: {run.name} was trained with {k} = {have.get(k)!r}, this "
+                             f"preset asks {want[k]!r}; move {run.dir} away or pass another "
+                             f"--runs-dir")
+
+
 def train(run, cfg, data, K, threads):
     """train_llm.py to run.steps, resuming what a previous invocation left."""
+    want = dict(model=run.init, method=run.method, K=K, data=os.path.join(data, "train.jsonl"),
+                seq_len=cfg["seq_len"], batch_size=cfg["batch"], lr=run.lr, max_iters=run.steps,
+                seed=run.seed)
+    check_same_run(run, want)
     at = run.step()
     if at >= run.steps:
         return 0.0
     t0 = time.time()
-    cmd = [sys.executable, os.path.join(HERE, "train_llm.py"), "--model", run.init,
-           "--method", run.method, "--K", str(K), "--preset", "cpu", "--data",
-           os.path.join(data, "train.jsonl"), "--seq-len", str(cfg["seq_len"]), "--batch-size",
-           str(cfg["batch"]), "--grad-accum", "1", "--lr", str(run.lr), "--max-iters",
-           str(run.steps), "--max-minutes", "0", "--ckpt-interval", str(max(1, run.steps // 4)),
-           "--log-interval", "50", "--seed", str(run.seed), "--out-dir", run.dir,
-           "--no-progress", *(["--resume"] if at > 0 else [])]
+    cmd = [sys.executable, os.path.join(HERE, "train_llm.py"), "--model", want["model"],
+           "--method", run.method, "--K", str(K), "--preset", "cpu", "--data", want["data"],
+           "--seq-len", str(cfg["seq_len"]), "--batch-size", str(cfg["batch"]), "--grad-accum",
+           "1", "--lr", str(run.lr), "--max-iters", str(run.steps), "--max-minutes", "0",
+           "--ckpt-interval", str(max(1, run.steps // 4)), "--log-interval", "50", "--seed",
+           str(run.seed), "--out-dir", run.dir, "--no-progress", *(["--resume"] if at > 0 else [])]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     os.makedirs(run.dir, exist_ok=True)
     with open(os.path.join(run.dir, "train.log"), "a") as log:

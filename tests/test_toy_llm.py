@@ -12,6 +12,7 @@ import llm
 import sample_llm
 import table2
 import train_llm
+from common import UsageError
 from conftest import ROOT
 
 spec = importlib.util.spec_from_file_location("toy_tasks", os.path.join(ROOT, "data", "toy_tasks.py"))
@@ -162,3 +163,14 @@ def test_table2_smoke_runs_end_to_end(tmp_path):
                          "--runs-dir", str(tmp_path / "runs"), "--results-dir",
                          str(tmp_path / "res"), "--report-only"])
     assert again.split("\n", 3)[3] == md.split("\n", 3)[3]     # the same table from the files
+    # a preset whose base schedule changed must not take the old base as its own (finished at
+    # 4 of 4 steps, it would otherwise count as done, or be resumed under another cosine)
+    base_log = (tmp_path / "runs" / "base" / "train.log").read_text()
+    longer = dict(table2.PRESETS[preset], base_steps=6)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(table2.PRESETS, preset, longer)
+        with pytest.raises(UsageError, match=r"base/args.json: base was trained with max_iters "
+                                             r"= 4, this preset asks 6"):
+            table2.main(["--preset", preset, "--seeds", "1", "--methods", "relay", "--runs-dir",
+                         str(tmp_path / "runs"), "--results-dir", str(tmp_path / "res")])
+    assert (tmp_path / "runs" / "base" / "train.log").read_text() == base_log
