@@ -56,7 +56,8 @@ PRESETS = {
     # blanks right and no board after 2,000 of 3,000 steps; with 45-50, 72 % and 2-3 % of boards
     # after 1,000, 24 % after 2,000, with 54 % fewer passes at tau 0.5 than at 0.99 (100
     # validation puzzles; results/sudoku_llm/README.md). A 2,000-step schedule anneals too early
-    # (6.0 % of the test boards, below the first gate; results/sudoku_llm/README.md), so 3,000
+    # (6.0 % of the test boards, below the first gate; results/sudoku_llm/README.md): the base
+    # trains the sized 3,000 steps
     "sudoku": dict(task="sudoku", clues="45-50", copies=8, n_eval=300, hidden=128, layers=4,
                    heads=4, rope_theta=1e4, seq_len=192, batch=16, base_steps=3000, base_lr=3e-3,
                    ft_steps=300, ft_lr=3e-4),
