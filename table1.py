@@ -472,6 +472,19 @@ def frontier_gap(run, base):
     return at_base, float(np.mean(np.interp(grid, rn, ra) - np.interp(grid, bn, ba)))
 
 
+def passes_at_accuracy(run, base):
+    """The other side of the frontier comparison: the NFE `run` needs, interpolated linearly
+    along its tau sweep, to reach base's tau-0.15 accuracy, minus base's NFE there (None where
+    run's sweep does not span that accuracy). Defined where frontier_gap's is not when run's
+    whole sweep lies at fewer passes than base's."""
+    pts = sorted((100 * r["acc"], r["nfe"]) for r in run["sweep"])
+    ra, rn = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+    b0 = at_tau(base["sweep"], TABLE_TAU)
+    if not ra[0] <= 100 * b0["acc"] <= ra[-1]:
+        return None
+    return float(np.interp(100 * b0["acc"], ra, rn)) - b0["nfe"]
+
+
 def paired_rows(groups, m, t):
     """Per seed that both `m` and MLM (same tie) finished: m minus MLM at tau 0.15 (accuracy
     points, NFE), at MLM's NFE on m's frontier, the mean frontier gap, and at the last
@@ -488,13 +501,15 @@ def paired_rows(groups, m, t):
         val = (100 * (hx["val_acc"] - hb["val_acc"]), hx["val_nfe"] - hb["val_nfe"]) \
             if hx and hb and hx["step"] == hb["step"] else (None, None)
         rows.append(dict(seed=x["run"].seed, acc=100 * (r["acc"] - r0["acc"]),
-                         nfe=r["nfe"] - r0["nfe"], at_nfe=at_nfe, gap=mean_gap,
+                         nfe=r["nfe"] - r0["nfe"], at_nfe=at_nfe,
+                         nfe_at_acc=passes_at_accuracy(x, b), gap=mean_gap,
                          val_acc=val[0], val_nfe=val[1]))
     return rows
 
 
 PAIRED_COLUMNS = (("acc", "acc points, tau 0.15", "{:+.1f}"), ("nfe", "NFE, tau 0.15", "{:+.2f}"),
                   ("at_nfe", "acc points at MLM's NFE", "{:+.1f}"),
+                  ("nfe_at_acc", "NFE at MLM's acc", "{:+.2f}"),
                   ("gap", "mean frontier gap, acc points", "{:+.1f}"),
                   ("val_acc", "validation acc points, last step", "{:+.1f}"),
                   ("val_nfe", "validation NFE, last step", "{:+.2f}"))
@@ -511,7 +526,9 @@ def section_paired(groups, keys, study):
            "Per seed, the method's figure minus MLM's for the same seed. tau 0.15: EMA weights on "
            "the test puzzles. At MLM's NFE: the method's accuracy interpolated linearly along its "
            "tau sweep at the NFE MLM needs at tau 0.15 (blank where the method's sweep does not "
-           "reach it). Mean frontier gap: the vertical distance between the two accuracy-NFE "
+           "reach it). NFE at MLM's acc: the passes the method needs, interpolated along its "
+           "sweep, to reach MLM's tau-0.15 accuracy, minus MLM's (blank where its sweep does "
+           "not span that accuracy). Mean frontier gap: the vertical distance between the two accuracy-NFE "
            "curves averaged over the NFE range both cover. Validation: the last periodic "
            "evaluation (the validation puzzles). Interval: mean ± t(0.975, n-1) x std / sqrt(n) "
            "over seeds (Student's t; it assumes the seed-to-seed differences are roughly normal).",

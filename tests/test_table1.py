@@ -110,6 +110,10 @@ def test_paired_statistics_by_hand():
     assert abs(at_nfe - 15.0) < 1e-9 and abs(gap - 14.5) < 1e-9
     short = sweep([(0.05, 9.5, 70.0), (0.15, 8.0, 55.0)])       # never reaches NFE 10
     assert table1.frontier_gap(short, base) == (None, None)
+    # passes at MLM's accuracy 50: run2's acc = 10 NFE - 40 reaches it at NFE 9, one fewer
+    run2 = sweep([(0.05, 10.0, 60.0), (0.15, 8.0, 40.0)])
+    assert abs(table1.passes_at_accuracy(run2, base) - (-1.0)) < 1e-9
+    assert table1.passes_at_accuracy(run, base) is None       # 55-70 %: never as low as 50 %
 
 
 def test_mean_and_sample_std():
