@@ -487,7 +487,8 @@ def passes_at_accuracy(run, base):
 
 def paired_rows(groups, m, t):
     """Per seed that both `m` and MLM (same tie) finished: m minus MLM at tau 0.15 (accuracy
-    points, NFE), at MLM's NFE on m's frontier, the mean frontier gap, and at the last
+    points, NFE), at MLM's NFE on m's frontier, the passes m needs for MLM's accuracy, the
+    mean frontier gap, and at the last
     validation (accuracy points, NFE)."""
     base = {x["run"].seed: x for x in groups[("mlm", t)]}
     rows = []
@@ -528,8 +529,8 @@ def section_paired(groups, keys, study):
            "tau sweep at the NFE MLM needs at tau 0.15 (blank where the method's sweep does not "
            "reach it). NFE at MLM's acc: the passes the method needs, interpolated along its "
            "sweep, to reach MLM's tau-0.15 accuracy, minus MLM's (blank where its sweep does "
-           "not span that accuracy). Mean frontier gap: the vertical distance between the two accuracy-NFE "
-           "curves averaged over the NFE range both cover. Validation: the last periodic "
+           "not span that accuracy). Mean frontier gap: the vertical distance between the two "
+           "accuracy-NFE curves averaged over the NFE range both cover. Validation: the last periodic "
            "evaluation (the validation puzzles). Interval: mean ± t(0.975, n-1) x std / sqrt(n) "
            "over seeds (Student's t; it assumes the seed-to-seed differences are roughly normal).",
            ""]
