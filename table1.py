@@ -17,7 +17,9 @@ MLM at the end, and the table compares both ways.
 """
 import argparse
 import concurrent.futures
+import dataclasses
 import datetime
+import glob
 import json
 import os
 import platform
@@ -99,6 +101,10 @@ p.add_argument("--nproc", type=int, default=1, help="GPUs per run (torchrun) for
 p.add_argument("--runs-dir", default=None, help="default: out/table1/<preset>")
 p.add_argument("--results-dir", default=None, help="default: results/<preset>")
 p.add_argument("--report-only", action="store_true", help="no training: table from what exists")
+p.add_argument("--rerun", default=None, metavar="RESULTS_DIR",
+               help="results dir of another invocation that trained some of these seeds again "
+                    "with other float kernels (e.g. --threads 2): the report sets how far each "
+                    "run ends from its rerun beside the seed-to-seed spread")
 
 
 # -----------------------------------------------------------------------------
@@ -125,6 +131,7 @@ class Study:
     base_steps: int = 0     # finetune: steps of the MLM base runs
     self_cond: float = 0.5  # loopholing's self-conditioning rate (its forward passes per step)
     real_data: str = None   # CSV of hard puzzles for the difficulty bands, or None
+    rerun_dir: str = None   # results dir holding records of the same seeds trained again
     invocations: list = field(default_factory=list)   # every invocation so far (commit, wall_s)
 
 
@@ -365,7 +372,8 @@ def write_report(groups, study, total_wall_s, unfinished=()):
                   "dotted): " + "; ".join(f"{r.name} at step {h[-1]['step']:,} (held-out acc "
                   f"{100 * h[-1]['val_acc']:.1f} %, NFE {h[-1]['val_nfe']:.2f})"
                   for r, h in unfinished) + ". Rerunning the command resumes them.", ""]
-    for section in (section_equal_steps, section_paired, section_cohorts, section_equal_passes,
+    for section in (section_equal_steps, section_paired, section_rerun, section_cohorts,
+                    section_equal_passes,
                     section_ablation, section_real_bands, section_passes, section_sweep,
                     section_per_run):
         lines += section(groups, keys, study)
@@ -555,6 +563,76 @@ def section_paired(groups, keys, study):
             out.append(f"| {label} | " + " | ".join(cells) + " |")
         out.append("")
     return out
+
+
+def load_reruns(keys, study):
+    """{(method, tie): {seed: loaded run}} from the records of the invocation in study.rerun_dir
+    (its runs/<name>.json; a run directory is never read there), and that invocation's
+    command lines."""
+    other = dataclasses.replace(study, results_dir=study.rerun_dir,
+                                runs_dir=os.path.join(study.rerun_dir, "runs"))
+    reruns = {}
+    for m, t in keys:
+        for path in sorted(glob.glob(os.path.join(other.runs_dir, f"{m}_{t}_s*.json"))):
+            seed = int(path.rsplit("_s", 1)[1][:-len(".json")])
+            x = load_run(Run(m, t, seed, other), other)
+            if x is not None:
+                reruns.setdefault((m, t), {})[seed] = x
+    log = os.path.join(other.runs_dir, "invocations.jsonl")
+    argvs = [json.loads(line)["argv"] for line in open(log)] if os.path.exists(log) else []
+    return reruns, argvs
+
+
+def run_figures(x):
+    """tau-0.15 accuracy (%) and NFE on the test puzzles, validation accuracy (%) at the last
+    periodic evaluation."""
+    r = at_tau(x["sweep"], TABLE_TAU)
+    return 100 * r["acc"], r["nfe"], 100 * x["history"][-1]["val_acc"]
+
+
+def section_rerun(groups, keys, study):
+    """The same seed trained again with other float kernels: rerun minus run per figure,
+    beside the std of that figure over this report's seeds (how much of the seed-to-seed
+    spread the float noise alone would give)."""
+    if not study.rerun_dir:
+        return []
+    reruns, argvs = load_reruns(keys, study)
+    pairs = [(m, t, s) for m, t in keys for s in sorted(reruns.get((m, t), {}))
+             if s in {x["run"].seed for x in groups[(m, t)]}]
+    if not pairs:
+        return []
+    cmds = "; ".join(f"`python table1.py {shlex.join(a)}`" for a in argvs) or "command not kept"
+    out = ["## Same seed, trained again: how much is floating-point noise", "",
+           f"The runs in `{study.rerun_dir}` repeat seeds of this report with other float "
+           f"kernels ({cmds}): the same seed, puzzles, initial weights and data order; only the "
+           f"order in which floating-point sums are taken differs. Each figure: this report's "
+           f"run / the rerun / rerun minus run; last column: the sample std of the figure over "
+           f"this report's seeds.", "",
+           "| method | seed | acc %, tau 0.15 | NFE, tau 0.15 | validation acc %, last step | "
+           "std over seeds: acc / NFE / validation |", "|---|---|---|---|---|---|"]
+    for m, t, s in pairs:
+        a = run_figures(next(x for x in groups[(m, t)] if x["run"].seed == s))
+        b = run_figures(reruns[(m, t)][s])
+        spread = [np.std([run_figures(x)[i] for x in groups[(m, t)]], ddof=1)
+                  if len(groups[(m, t)]) > 1 else float("nan") for i in range(3)]
+        cell = lambda i, f: f"{f.format(a[i])} / {f.format(b[i])} / {('{:+' + f[2:]).format(b[i] - a[i])}"
+        out.append(f"| {NAMES[m]} ({t}) | {s} | {cell(0, '{:.1f}')} | {cell(1, '{:.2f}')} | "
+                   f"{cell(2, '{:.1f}')} | {spread[0]:.1f} / {spread[1]:.2f} / {spread[2]:.1f} |")
+    diffs = []
+    for m, t, s in pairs:
+        if m == "mlm" or (("mlm", t, s) not in pairs):
+            continue
+        fig = lambda g, seed: run_figures(next(x for x in g if x["run"].seed == seed))
+        a = np.subtract(fig(groups[(m, t)], s), fig(groups[("mlm", t)], s))
+        b = np.subtract(run_figures(reruns[(m, t)][s]), run_figures(reruns[("mlm", t)][s]))
+        rows = paired_rows(groups, m, t)
+        sd = [np.std([r[k] for r in rows], ddof=1) if len(rows) > 1 else float("nan")
+              for k in ("acc", "nfe", "val_acc")]
+        diffs.append(f"{NAMES[m]} minus MLM ({t}), seed {s}: {a[0]:+.1f} points / {a[1]:+.2f} NFE "
+                     f"/ {a[2]:+.1f} validation points in this report's runs, {b[0]:+.1f} / "
+                     f"{b[1]:+.2f} / {b[2]:+.1f} in the reruns; the std of this difference over "
+                     f"seeds is {sd[0]:.1f} / {sd[1]:.2f} / {sd[2]:.1f}.")
+    return out + [""] + ([" ".join(diffs), ""] if diffs else [])
 
 
 def section_cohorts(groups, keys, study):
@@ -898,7 +976,10 @@ def main(argv=None):
         results_dir=args.results_dir or os.path.join("results", name),
         argv=list(sys.argv[1:] if argv is None else argv), protocol=args.protocol,
         base_steps=args.base_steps or targs.max_iters, self_cond=targs.self_cond,
-        real_data=args.real_data)
+        real_data=args.real_data, rerun_dir=args.rerun)
+    if args.rerun and not os.path.isdir(os.path.join(args.rerun, "runs")):
+        raise UsageError(f"--rerun {args.rerun}: no runs/ records there (run that invocation's "
+                         f"report first)")
     bases = {(t, s): Run("mlm", t, s, study) for t in study.ties for s in study.seeds
              } if args.protocol == "finetune" else {}
     runs = [Run(m, t, s, study, base=bases.get((t, s)))

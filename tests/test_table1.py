@@ -116,6 +116,40 @@ def test_paired_statistics_by_hand():
     assert table1.passes_at_accuracy(run, base) is None       # 55-70 %: never as low as 50 %
 
 
+def test_same_seed_rerun_section_by_hand(tmp_path):
+    """--rerun: each figure of a run beside its rerun's, and the paired difference in both,
+    checked against sums done here (statistics.stdev for the spread)."""
+    import statistics
+    study = table1.Study(preset="hard", methods=["mlm", "relay"], ties=["tied"], seeds=[1, 2, 3],
+                         K=2, steps=10, preset_steps=10, train_argv=[], nproc=1, jobs=1,
+                         threads=1, runs_dir=str(tmp_path / "none"), results_dir=str(tmp_path),
+                         argv=[], rerun_dir=str(tmp_path / "rerun"))
+    def rec(acc, nfe, val):
+        return dict(step=10, real={}, history=[dict(step=10, val_acc=val / 100, val_nfe=nfe)],
+                    sweep=[dict(tau=0.15, acc=acc / 100, nfe=nfe)])
+    acc = {"mlm": (60.0, 70.0, 50.0), "relay": (65.0, 60.0, 80.0)}
+    groups = {(m, "tied"): [dict(rec(a, 10.0 - (m == "relay"), a + 1),
+                                 run=table1.Run(m, "tied", s, study))
+                            for s, a in zip((1, 2, 3), acc[m])] for m in acc}
+    os.makedirs(tmp_path / "rerun" / "runs")
+    for m, a in (("mlm", 64.0), ("relay", 66.0)):          # seed 1 again: +4 and +1 points
+        json.dump(rec(a, 10.5 - (m == "relay"), a), open(tmp_path / "rerun" / "runs" / f"{m}_tied_s1.json", "w"))
+    md = "\n".join(table1.section_rerun(groups, [("mlm", "tied"), ("relay", "tied")], study))
+    assert "| MLM (tied) | 1 | 60.0 / 64.0 / +4.0 | 10.00 / 10.50 / +0.50 | 61.0 / 64.0 / +3.0 | " \
+           f"{statistics.stdev(acc['mlm']):.1f} / 0.00 / {statistics.stdev(acc['mlm']):.1f} |" in md
+    assert "| Relay (tied) | 1 | 65.0 / 66.0 / +1.0 |" in md
+    paired_sd = statistics.stdev(r - b for r, b in zip(acc["relay"], acc["mlm"]))
+    assert (f"seed 1: +5.0 points / -1.00 NFE / +5.0 validation points in this report's runs, "
+            f"+2.0 / -1.00 / +2.0 in the reruns; the std of this difference over seeds is "
+            f"{paired_sd:.1f} / 0.00 / {paired_sd:.1f}.") in md
+    study.rerun_dir = None
+    assert table1.section_rerun(groups, [("mlm", "tied"), ("relay", "tied")], study) == []
+    from common import UsageError
+    with pytest.raises(UsageError, match="no runs/ records there"):
+        table1.main(["--report-only", "--rerun", str(tmp_path / "nope"),
+                     "--runs-dir", str(tmp_path / "none"), "--results-dir", str(tmp_path / "res")])
+
+
 def test_mean_and_sample_std():
     assert table1.ms([0.5, 0.7], 100) == "60.0 ± 14.1"      # sample std, ddof 1
     assert table1.ms([0.5], 100) == "50.0"
