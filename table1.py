@@ -373,8 +373,7 @@ def write_report(groups, study, total_wall_s, unfinished=()):
                   f"{100 * h[-1]['val_acc']:.1f} %, NFE {h[-1]['val_nfe']:.2f})"
                   for r, h in unfinished) + ". Rerunning the command resumes them.", ""]
     for section in (section_equal_steps, section_paired, section_rerun, section_cohorts,
-                    section_equal_passes,
-                    section_ablation, section_real_bands, section_passes, section_sweep,
+                    section_equal_passes, section_ablation, section_real_bands, section_passes, section_sweep,
                     section_per_run):
         lines += section(groups, keys, study)
     md = "\n".join(lines) + "\n"
@@ -615,7 +614,8 @@ def section_rerun(groups, keys, study):
         b = run_figures(reruns[(m, t)][s])
         spread = [np.std([run_figures(x)[i] for x in groups[(m, t)]], ddof=1)
                   if len(groups[(m, t)]) > 1 else float("nan") for i in range(3)]
-        cell = lambda i, f: f"{f.format(a[i])} / {f.format(b[i])} / {('{:+' + f[2:]).format(b[i] - a[i])}"
+        def cell(i, f):     # run / rerun / signed difference, f a "{:.Nf}" format
+            return f"{f.format(a[i])} / {f.format(b[i])} / {f.replace('{:', '{:+').format(b[i] - a[i])}"
         out.append(f"| {NAMES[m]} ({t}) | {s} | {cell(0, '{:.1f}')} | {cell(1, '{:.2f}')} | "
                    f"{cell(2, '{:.1f}')} | {spread[0]:.1f} / {spread[1]:.2f} / {spread[2]:.1f} |")
     diffs = []
@@ -626,8 +626,8 @@ def section_rerun(groups, keys, study):
         a = np.subtract(fig(groups[(m, t)], s), fig(groups[("mlm", t)], s))
         b = np.subtract(run_figures(reruns[(m, t)][s]), run_figures(reruns[("mlm", t)][s]))
         rows = paired_rows(groups, m, t)
-        sd = [np.std([r[k] for r in rows], ddof=1) if len(rows) > 1 else float("nan")
-              for k in ("acc", "nfe", "val_acc")]
+        sd = [np.std(v, ddof=1) if len(v) > 1 else float("nan")
+              for v in ([r[k] for r in rows if r[k] is not None] for k in ("acc", "nfe", "val_acc"))]
         diffs.append(f"{NAMES[m]} minus MLM ({t}), seed {s}: {a[0]:+.1f} points / {a[1]:+.2f} NFE "
                      f"/ {a[2]:+.1f} validation points in this report's runs, {b[0]:+.1f} / "
                      f"{b[1]:+.2f} / {b[2]:+.1f} in the reruns; the std of this difference over "
