@@ -373,8 +373,8 @@ def write_report(groups, study, total_wall_s, unfinished=()):
                   f"{100 * h[-1]['val_acc']:.1f} %, NFE {h[-1]['val_nfe']:.2f})"
                   for r, h in unfinished) + ". Rerunning the command resumes them.", ""]
     for section in (section_equal_steps, section_paired, section_rerun, section_cohorts,
-                    section_equal_passes, section_ablation, section_real_bands, section_passes, section_sweep,
-                    section_per_run):
+                    section_equal_passes, section_ablation, section_real_bands, section_passes,
+                    section_sweep, section_per_run):
         lines += section(groups, keys, study)
     md = "\n".join(lines) + "\n"
     atomic_write(os.path.join(study.results_dir, "table1.md"), md)
@@ -495,8 +495,7 @@ def passes_at_accuracy(run, base):
 def paired_rows(groups, m, t):
     """Per seed that both `m` and MLM (same tie) finished: m minus MLM at tau 0.15 (accuracy
     points, NFE), at MLM's NFE on m's frontier, the passes m needs for MLM's accuracy, the
-    mean frontier gap, and at the last
-    validation (accuracy points, NFE)."""
+    mean frontier gap, and at the last validation (accuracy points, NFE)."""
     base = {x["run"].seed: x for x in groups[("mlm", t)]}
     rows = []
     for x in sorted(groups[(m, t)], key=lambda x: x["run"].seed):
@@ -565,9 +564,9 @@ def section_paired(groups, keys, study):
 
 
 def load_reruns(keys, study):
-    """{(method, tie): {seed: loaded run}} from the records of the invocation in study.rerun_dir
-    (its runs/<name>.json; a run directory is never read there), and that invocation's
-    command lines."""
+    """The runs of the invocation in study.rerun_dir, shaped like the report's groups
+    ({(method, tie): [loaded run]}), from its records (runs/<name>.json; a run directory is
+    never read there), and that invocation's command lines."""
     other = dataclasses.replace(study, results_dir=study.rerun_dir,
                                 runs_dir=os.path.join(study.rerun_dir, "runs"))
     reruns = {}
@@ -576,7 +575,7 @@ def load_reruns(keys, study):
             seed = int(path.rsplit("_s", 1)[1][:-len(".json")])
             x = load_run(Run(m, t, seed, other), other)
             if x is not None:
-                reruns.setdefault((m, t), {})[seed] = x
+                reruns.setdefault((m, t), []).append(x)
     log = os.path.join(other.runs_dir, "invocations.jsonl")
     argvs = [json.loads(line)["argv"] for line in open(log)] if os.path.exists(log) else []
     return reruns, argvs
@@ -592,12 +591,14 @@ def run_figures(x):
 def section_rerun(groups, keys, study):
     """The same seed trained again with other float kernels: rerun minus run per figure,
     beside the std of that figure over this report's seeds (how much of the seed-to-seed
-    spread the float noise alone would give)."""
+    spread the float noise alone would give); then each method's paired difference with MLM
+    (paired_rows) in the runs and in the reruns, beside its std over seeds."""
     if not study.rerun_dir:
         return []
     reruns, argvs = load_reruns(keys, study)
-    pairs = [(m, t, s) for m, t in keys for s in sorted(reruns.get((m, t), {}))
-             if s in {x["run"].seed for x in groups[(m, t)]}]
+    by_seed = lambda g: {x["run"].seed: x for x in g}
+    pairs = [(m, t, s) for m, t in keys for s in sorted(by_seed(reruns.get((m, t), [])))
+             if s in by_seed(groups[(m, t)])]
     if not pairs:
         return []
     cmds = "; ".join(f"`python table1.py {shlex.join(a)}`" for a in argvs) or "command not kept"
@@ -609,29 +610,32 @@ def section_rerun(groups, keys, study):
            f"this report's seeds.", "",
            "| method | seed | acc %, tau 0.15 | NFE, tau 0.15 | validation acc %, last step | "
            "std over seeds: acc / NFE / validation |", "|---|---|---|---|---|---|"]
+    def std(values):
+        return np.std(values, ddof=1) if len(values) > 1 else float("nan")
     for m, t, s in pairs:
-        a = run_figures(next(x for x in groups[(m, t)] if x["run"].seed == s))
-        b = run_figures(reruns[(m, t)][s])
-        spread = [np.std([run_figures(x)[i] for x in groups[(m, t)]], ddof=1)
-                  if len(groups[(m, t)]) > 1 else float("nan") for i in range(3)]
+        a = run_figures(by_seed(groups[(m, t)])[s])
+        b = run_figures(by_seed(reruns[(m, t)])[s])
+        spread = [std([run_figures(x)[i] for x in groups[(m, t)]]) for i in range(3)]
         def cell(i, f):     # run / rerun / signed difference, f a "{:.Nf}" format
-            return f"{f.format(a[i])} / {f.format(b[i])} / {f.replace('{:', '{:+').format(b[i] - a[i])}"
+            signed = f.replace("{:", "{:+")
+            return f"{f.format(a[i])} / {f.format(b[i])} / {signed.format(b[i] - a[i])}"
         out.append(f"| {NAMES[m]} ({t}) | {s} | {cell(0, '{:.1f}')} | {cell(1, '{:.2f}')} | "
                    f"{cell(2, '{:.1f}')} | {spread[0]:.1f} / {spread[1]:.2f} / {spread[2]:.1f} |")
     diffs = []
-    for m, t, s in pairs:
-        if m == "mlm" or (("mlm", t, s) not in pairs):
+    for m, t in keys:
+        if m == "mlm" or ("mlm", t) not in reruns or (m, t) not in reruns:
             continue
-        fig = lambda g, seed: run_figures(next(x for x in g if x["run"].seed == seed))
-        a = np.subtract(fig(groups[(m, t)], s), fig(groups[("mlm", t)], s))
-        b = np.subtract(run_figures(reruns[(m, t)][s]), run_figures(reruns[("mlm", t)][s]))
         rows = paired_rows(groups, m, t)
-        sd = [np.std(v, ddof=1) if len(v) > 1 else float("nan")
-              for v in ([r[k] for r in rows if r[k] is not None] for k in ("acc", "nfe", "val_acc"))]
-        diffs.append(f"{NAMES[m]} minus MLM ({t}), seed {s}: {a[0]:+.1f} points / {a[1]:+.2f} NFE "
-                     f"/ {a[2]:+.1f} validation points in this report's runs, {b[0]:+.1f} / "
-                     f"{b[1]:+.2f} / {b[2]:+.1f} in the reruns; the std of this difference over "
-                     f"seeds is {sd[0]:.1f} / {sd[1]:.2f} / {sd[2]:.1f}.")
+        ours = {r["seed"]: r for r in rows}
+        again = {r["seed"]: r for r in paired_rows(reruns, m, t)}
+        sd = [std([r[k] for r in rows if r[k] is not None]) for k in ("acc", "nfe", "val_acc")]
+        for s in sorted(set(ours) & set(again)):
+            a, b = ours[s], again[s]
+            diffs.append(f"{NAMES[m]} minus MLM ({t}), seed {s}: {a['acc']:+.1f} points / "
+                         f"{a['nfe']:+.2f} NFE / {a['val_acc']:+.1f} validation points in this "
+                         f"report's runs, {b['acc']:+.1f} / {b['nfe']:+.2f} / {b['val_acc']:+.1f} "
+                         f"in the reruns; the std of this difference over seeds is {sd[0]:.1f} / "
+                         f"{sd[1]:.2f} / {sd[2]:.1f}.")
     return out + [""] + ([" ".join(diffs), ""] if diffs else [])
 
 

@@ -133,7 +133,8 @@ def test_same_seed_rerun_section_by_hand(tmp_path):
                             for s, a in zip((1, 2, 3), acc[m])] for m in acc}
     os.makedirs(tmp_path / "rerun" / "runs")
     for m, a in (("mlm", 64.0), ("relay", 66.0)):          # seed 1 again: +4 and +1 points
-        json.dump(rec(a, 10.5 - (m == "relay"), a), open(tmp_path / "rerun" / "runs" / f"{m}_tied_s1.json", "w"))
+        with open(tmp_path / "rerun" / "runs" / f"{m}_tied_s1.json", "w") as f:
+            json.dump(rec(a, 10.5 - (m == "relay"), a), f)
     md = "\n".join(table1.section_rerun(groups, [("mlm", "tied"), ("relay", "tied")], study))
     assert "| MLM (tied) | 1 | 60.0 / 64.0 / +4.0 | 10.00 / 10.50 / +0.50 | 61.0 / 64.0 / +3.0 | " \
            f"{statistics.stdev(acc['mlm']):.1f} / 0.00 / {statistics.stdev(acc['mlm']):.1f} |" in md
