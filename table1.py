@@ -362,8 +362,9 @@ def commit():
 
 
 def write_report(groups, study, total_wall_s, unfinished=()):
-    """groups: {(method, tie): [loaded runs over seeds]}. Writes table1.md, frontier.png and
-    curves.png under study.results_dir, each atomically; returns the markdown."""
+    """groups: {(method, tie): [loaded runs over seeds]}. Writes table1.md, frontier.png,
+    curves.png and the other plots (rerun.png with --rerun) under study.results_dir, each
+    atomically; returns the markdown."""
     os.makedirs(study.results_dir, exist_ok=True)
     keys = [(m, t) for t in study.ties for m in study.methods if groups.get((m, t))]
     lines = report_header(groups, keys, study, total_wall_s)
@@ -387,6 +388,8 @@ def write_report(groups, study, total_wall_s, unfinished=()):
         plot_passes(groups, keys, os.path.join(out, "legality.png"), study)
     if ("mlm", keys[0][1]) in groups and len(keys) > 1:
         plot_gap(groups, keys, os.path.join(out, "gap.png"), study)
+    if study.rerun_dir:
+        plot_rerun(groups, keys, os.path.join(out, "rerun.png"), study)
     return md
 
 
@@ -636,7 +639,8 @@ def section_rerun(groups, keys, study):
                          f"report's runs, {b['acc']:+.1f} / {b['nfe']:+.2f} / {b['val_acc']:+.1f} "
                          f"in the reruns; the std of this difference over seeds is {sd[0]:.1f} / "
                          f"{sd[1]:.2f} / {sd[2]:.1f}.")
-    return out + [""] + ([" ".join(diffs), ""] if diffs else [])
+    return out + [""] + ([" ".join(diffs), ""] if diffs else []) + [
+        "![validation accuracy of each seed, the rerun dashed](rerun.png)", ""]
 
 
 def section_cohorts(groups, keys, study):
@@ -859,6 +863,45 @@ def plot_curves(groups, keys, path, study, unfinished=()):
     fig.suptitle(f"preset {study.preset}: EMA weights at tau {TABLE_TAU} during training\n{n} "
                  f"held-out validation puzzles (solid), {n} base training puzzles (dashed); "
                  f"mean ± 1 std over the finished seeds, each seed's held-out curve thin", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_rerun(groups, keys, path, study):
+    """Validation accuracy during training, one panel per method: every seed of the report
+    thin, each rerun seed's original run solid and its rerun (study.rerun_dir) dashed, so the
+    distance float noise alone opens can be read against the seed-to-seed spread."""
+    reruns, _ = load_reruns(keys, study)
+    keys = [k for k in keys if reruns.get(k)]
+    if not keys:
+        return
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4.2), sharey=True,
+                             squeeze=False)
+    curve = lambda x: ([r["step"] for r in x["history"]],
+                       [100 * r["val_acc"] for r in x["history"]])
+    for ax, (m, t) in zip(axes[0], keys):
+        seeds = sorted(x["run"].seed for x in groups[(m, t)])
+        for i, x in enumerate(groups[(m, t)]):
+            ax.plot(*curve(x), "-", color=COLORS[m], lw=0.7, alpha=0.35,
+                    label=f"seeds {', '.join(map(str, seeds))}" if i == 0 else None)
+        for again in reruns[(m, t)]:
+            seed = again["run"].seed
+            first = next((x for x in groups[(m, t)] if x["run"].seed == seed), None)
+            if first is None:
+                continue
+            ax.plot(*curve(first), "-", color=COLORS[m], lw=2, marker="o", ms=3,
+                    label=f"seed {seed}")
+            ax.plot(*curve(again), "--", color="black", lw=1.5, marker="o", ms=3,
+                    label=f"seed {seed} trained again")
+        ax.set_title(NAMES[m] + (f" ({t})" if len(study.ties) > 1 else ""))
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0, 0].set_ylabel("held-out exact match at tau 0.15 (%)")
+    fig.suptitle(f"preset {study.preset}: the same seed trained again with other float kernels "
+                 f"({study.rerun_dir}) against the spread over seeds", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)

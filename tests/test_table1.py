@@ -143,6 +143,8 @@ def test_same_seed_rerun_section_by_hand(tmp_path):
     assert (f"seed 1: +5.0 points / -1.00 NFE / +5.0 validation points in this report's runs, "
             f"+2.0 / -1.00 / +2.0 in the reruns; the std of this difference over seeds is "
             f"{paired_sd:.1f} / 0.00 / {paired_sd:.1f}.") in md
+    table1.plot_rerun(groups, [("mlm", "tied"), ("relay", "tied")], str(tmp_path / "r.png"), study)
+    assert (tmp_path / "r.png").stat().st_size > 10_000
     study.rerun_dir = None
     assert table1.section_rerun(groups, [("mlm", "tied"), ("relay", "tied")], study) == []
     from common import UsageError
