@@ -625,20 +625,38 @@ def section_rerun(groups, keys, study):
         out.append(f"| {NAMES[m]} ({t}) | {s} | {cell(0, '{:.1f}')} | {cell(1, '{:.2f}')} | "
                    f"{cell(2, '{:.1f}')} | {spread[0]:.1f} / {spread[1]:.2f} / {spread[2]:.1f} |")
     diffs = []
+    figures = (("acc", "{:+.1f}"), ("nfe", "{:+.2f}"), ("nfe_at_acc", "{:+.2f}"),
+               ("val_acc", "{:+.1f}"))
+    fmt = lambda r: " / ".join("n/a" if r[k] is None else f.format(r[k]) for k, f in figures)
     for m, t in keys:
         if m == "mlm" or ("mlm", t) not in reruns or (m, t) not in reruns:
             continue
         rows = paired_rows(groups, m, t)
         ours = {r["seed"]: r for r in rows}
         again = {r["seed"]: r for r in paired_rows(reruns, m, t)}
-        sd = [std([r[k] for r in rows if r[k] is not None]) for k in ("acc", "nfe", "val_acc")]
+        sd = [std([r[k] for r in rows if r[k] is not None]) for k, _ in figures]
         for s in sorted(set(ours) & set(again)):
-            a, b = ours[s], again[s]
-            diffs.append(f"{NAMES[m]} minus MLM ({t}), seed {s}: {a['acc']:+.1f} points / "
-                         f"{a['nfe']:+.2f} NFE / {a['val_acc']:+.1f} validation points in this "
-                         f"report's runs, {b['acc']:+.1f} / {b['nfe']:+.2f} / {b['val_acc']:+.1f} "
-                         f"in the reruns; the std of this difference over seeds is {sd[0]:.1f} / "
-                         f"{sd[1]:.2f} / {sd[2]:.1f}.")
+            diffs.append(f"{NAMES[m]} minus MLM ({t}), seed {s} (acc points, tau 0.15 / NFE, "
+                         f"tau 0.15 / NFE at MLM's acc / validation acc points): {fmt(ours[s])} "
+                         f"in this report's runs, {fmt(again[s])} in the reruns; the std of "
+                         f"this difference over seeds is " + " / ".join(
+                             "n/a" if np.isnan(v) else f"{v:.{d}f}" for v, d in zip(sd, (1, 2, 2, 1)))
+                         + ".")
+        # The paired interval again with every rerun in place of its run (both methods' seed)
+        swapped = {k: [next((y for y in reruns.get(k, []) if y["run"].seed == x["run"].seed), x)
+                       for x in groups[k]] for k in (("mlm", t), (m, t))}
+        spans = []
+        for k, label in (("acc", "acc points at tau 0.15"), ("nfe_at_acc", "NFE at MLM's acc")):
+            f = dict(figures)[k]
+            was, now = (t_interval([r[k] for r in paired_rows(g, m, t) if r[k] is not None])
+                        for g in (groups, swapped))
+            if was and now:
+                spans.append(f"{label} {f.format(now[0])} ({f.format(now[0] - now[2])} to "
+                             f"{f.format(now[0] + now[2])}; with the runs "
+                             f"{f.format(was[0] - was[2])} to {f.format(was[0] + was[2])})")
+        if spans:
+            diffs.append(f"With the reruns in place of their runs, the 95 % t interval of "
+                         f"{NAMES[m]} minus MLM over seeds: " + "; ".join(spans) + ".")
     return out + [""] + ([" ".join(diffs), ""] if diffs else []) + [
         "![validation accuracy of each seed, the rerun dashed](rerun.png)", ""]
 

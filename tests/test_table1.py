@@ -140,9 +140,16 @@ def test_same_seed_rerun_section_by_hand(tmp_path):
            f"{statistics.stdev(acc['mlm']):.1f} / 0.00 / {statistics.stdev(acc['mlm']):.1f} |" in md
     assert "| Relay (tied) | 1 | 65.0 / 66.0 / +1.0 |" in md
     paired_sd = statistics.stdev(r - b for r, b in zip(acc["relay"], acc["mlm"]))
-    assert (f"seed 1: +5.0 points / -1.00 NFE / +5.0 validation points in this report's runs, "
-            f"+2.0 / -1.00 / +2.0 in the reruns; the std of this difference over seeds is "
-            f"{paired_sd:.1f} / 0.00 / {paired_sd:.1f}.") in md
+    assert (f"validation acc points): +5.0 / -1.00 / n/a / +5.0 in this report's runs, "
+            f"+2.0 / -1.00 / n/a / +2.0 in the reruns; the std of this difference over seeds is "
+            f"{paired_sd:.1f} / 0.00 / n/a / {paired_sd:.1f}.") in md
+    # the interval with seed 1's rerun pair (+2.0) in place of its run pair (+5.0); t(0.975, 2)
+    def span(diffs):
+        half = 4.303 * statistics.stdev(diffs) / 3 ** 0.5
+        return statistics.mean(diffs), statistics.mean(diffs) - half, statistics.mean(diffs) + half
+    now, was = span([2.0, -10.0, 30.0]), span([5.0, -10.0, 30.0])
+    assert (f"acc points at tau 0.15 {now[0]:+.1f} ({now[1]:+.1f} to {now[2]:+.1f}; with the runs "
+            f"{was[1]:+.1f} to {was[2]:+.1f}).") in md
     table1.plot_rerun(groups, [("mlm", "tied"), ("relay", "tied")], str(tmp_path / "r.png"), study)
     assert (tmp_path / "r.png").stat().st_size > 10_000
     study.rerun_dir = None
