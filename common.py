@@ -301,12 +301,19 @@ def save_figure(fig, path, dpi=120):
 def finish_plot(fig, ax, path, xlabel, ylabel, title, xlabel_size=None):
     """One accuracy-vs-NFE panel's labels, grid and legend; the figure written atomically and
     closed (table1.py and table2.py's frontiers)."""
-    import matplotlib.pyplot as plt
     ax.set_xlabel(xlabel, fontsize=xlabel_size)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    finish_figure(fig, path)
+
+
+def finish_figure(fig, path, suptitle=None):
+    """The figure's title, a tight layout, written atomically and closed."""
+    import matplotlib.pyplot as plt
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)

@@ -36,7 +36,7 @@ import torch
 
 import train_sudoku
 from data.sudoku import EXTREME_TEST_ROWS, DataError, load_boards
-from common import UsageError, atomic_write, finish_plot, load_checkpoint, run_main, save_figure
+from common import UsageError, atomic_write, finish_figure, finish_plot, load_checkpoint, run_main
 from sample import SWEEP_TAUS
 
 HERE = os.path.dirname(os.path.abspath(__file__))   # train_sudoku.py and sample.py sit beside us
@@ -878,12 +878,10 @@ def plot_curves(groups, keys, path, study, unfinished=()):
     axes[0, 0].legend(fontsize=7, ncol=2)
     axes[1, 0].legend(fontsize=7)
     n = groups[keys[0]][0]["eval_n"]
-    fig.suptitle(f"preset {study.preset}: EMA weights at tau {TABLE_TAU} during training\n{n} "
-                 f"held-out validation puzzles (solid), {n} base training puzzles (dashed); "
-                 f"mean ± 1 std over the finished seeds, each seed's held-out curve thin", fontsize=9)
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
+    finish_figure(fig, path, f"preset {study.preset}: EMA weights at tau {TABLE_TAU} during "
+                  f"training\n{n} held-out validation puzzles (solid), {n} base training "
+                  f"puzzles (dashed); mean ± 1 std over the finished seeds, each seed's held-out "
+                  f"curve thin")
 
 
 def plot_rerun(groups, keys, path, study):
@@ -918,11 +916,8 @@ def plot_rerun(groups, keys, path, study):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0, 0].set_ylabel("held-out exact match at tau 0.15 (%)")
-    fig.suptitle(f"preset {study.preset}: the same seed trained again with other float kernels "
-                 f"({study.rerun_dir}) against the spread over seeds", fontsize=9)
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
+    finish_figure(fig, path, f"preset {study.preset}: the same seed trained again with other "
+                  f"float kernels ({study.rerun_dir}) against the spread over seeds")
 
 
 def seeds_done(groups):
@@ -967,12 +962,9 @@ def plot_passes(groups, keys, path, study):
         ax.xaxis.set_major_formatter(plain_numbers())
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{study.preset}: test boards after each pass at tau {TABLE_TAU}; left: all "
-                 f"committed cells correct (solid) / no rule broken (dashed); mean over "
-                 f"{seeds_done(groups)}", fontsize=9)
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
+    finish_figure(fig, path, f"{study.preset}: test boards after each pass at tau {TABLE_TAU}; "
+                  f"left: all committed cells correct (solid) / no rule broken (dashed); mean "
+                  f"over {seeds_done(groups)}")
 
 
 def plot_gap(groups, keys, path, study):
@@ -1007,11 +999,8 @@ def plot_gap(groups, keys, path, study):
             ax.legend(fontsize=7)
     axes[1, 0].set_xlabel("real puzzles: hinted to N clues ... originals (harder to the right)")
     axes[1, 1].set_xlabel("optimizer step (held-out generated puzzles)")
-    fig.suptitle(f"{study.preset}: where the relay helps or hurts, tau {TABLE_TAU}, mean over "
-                 f"{seeds_done(groups)}", fontsize=9)
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
+    finish_figure(fig, path, f"{study.preset}: where the relay helps or hurts, tau "
+                  f"{TABLE_TAU}, mean over {seeds_done(groups)}")
 
 
 # -----------------------------------------------------------------------------
