@@ -495,11 +495,16 @@ def passes_at_accuracy(run, base):
     return float(np.interp(100 * b0["acc"], ra, rn)) - b0["nfe"]
 
 
+def by_seed(runs):
+    """{seed: loaded run} of one method's runs (a groups value)."""
+    return {x["run"].seed: x for x in runs}
+
+
 def paired_rows(groups, m, t):
     """Per seed that both `m` and MLM (same tie) finished: m minus MLM at tau 0.15 (accuracy
     points, NFE), at MLM's NFE on m's frontier, the passes m needs for MLM's accuracy, the
     mean frontier gap, and at the last validation (accuracy points, NFE)."""
-    base = {x["run"].seed: x for x in groups[("mlm", t)]}
+    base = by_seed(groups[("mlm", t)])
     rows = []
     for x in sorted(groups[(m, t)], key=lambda x: x["run"].seed):
         b = base.get(x["run"].seed)
@@ -599,7 +604,6 @@ def section_rerun(groups, keys, study):
     if not study.rerun_dir:
         return []
     reruns, argvs = load_reruns(keys, study)
-    by_seed = lambda g: {x["run"].seed: x for x in g}
     pairs = [(m, t, s) for m, t in keys for s in sorted(by_seed(reruns.get((m, t), [])))
              if s in by_seed(groups[(m, t)])]
     if not pairs:
@@ -642,9 +646,9 @@ def section_rerun(groups, keys, study):
                          f"this difference over seeds is " + " / ".join(
                              "n/a" if np.isnan(v) else f"{v:.{d}f}" for v, d in zip(sd, (1, 2, 2, 1)))
                          + ".")
-        # The paired interval again with every rerun in place of its run (both methods' seed)
-        swapped = {k: [next((y for y in reruns.get(k, []) if y["run"].seed == x["run"].seed), x)
-                       for x in groups[k]] for k in (("mlm", t), (m, t))}
+        # The paired interval again, each method's rerun seeds replacing their runs
+        swapped = {k: [by_seed(reruns[k]).get(x["run"].seed, x) for x in groups[k]]
+                   for k in (("mlm", t), (m, t))}
         spans = []
         for k, label in (("acc", "acc points at tau 0.15"), ("nfe_at_acc", "NFE at MLM's acc")):
             f = dict(figures)[k]
@@ -904,7 +908,7 @@ def plot_rerun(groups, keys, path, study):
                     label=f"seeds {', '.join(map(str, seeds))}" if i == 0 else None)
         for again in reruns[(m, t)]:
             seed = again["run"].seed
-            first = next((x for x in groups[(m, t)] if x["run"].seed == seed), None)
+            first = by_seed(groups[(m, t)]).get(seed)
             if first is None:
                 continue
             ax.plot(*curve(first), "-", color=COLORS[m], lw=2, marker="o", ms=3,
