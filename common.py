@@ -348,9 +348,10 @@ class TrainClock:
     def out_of_time(self):
         return any_rank(time.time() > self.deadline, self.ctx)   # all ranks stop at one step
 
-    def step_done(self, step, losses, lr, items_per_step, unit):
+    def step_done(self, step, losses, lr, items_per_step, unit, extra=None):
         """After optimizer step `step`: advance the bar; on a log step print the mean loss since
-        the last log line, the time per step and the items (boards, tokens) per second."""
+        the last log line, the time per step and the items (boards, tokens) per second, then
+        `extra` (a string) if given."""
         self.bar.update(1)
         if not (self.ctx.master and step % self.args.log_interval == 0):
             return
@@ -359,7 +360,7 @@ class TrainClock:
         left = max(0, int(dt * min(self.args.max_iters - step, (self.deadline - time.time()) / dt)))
         tqdm.write(f"step {step}/{self.args.max_iters} | loss {sum(losses[-n:]) / n:.4f} | "
                    f"lr {lr:.2e} | dt {1000 * dt:.0f}ms | {items_per_step / dt:.0f} {unit}/s | "
-                   f"eta {left // 60}m{left % 60:02d}s")
+                   f"eta {left // 60}m{left % 60:02d}s" + (f" | {extra}" if extra else ""))
         self.t_log, self.step_log = time.time(), step
 
     def close(self):

@@ -31,10 +31,12 @@ MASK_TOKEN = "|<MASK>|"        # id 151665 in Fast-dLLM v2's tokenizer
 STOP_TOKEN = "<|im_end|>"      # id 151645
 PAD_TOKEN = "<|endoftext|>"    # id 151643
 BLOCK_SIZE = 32                # bd_size
+SUB_BLOCK = 8                  # a 32-token block is decoded as four 8-token sub-blocks in turn
 THRESHOLD = 0.85               # the paper's reveal threshold, in training and in decoding
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests", "fixtures",
                        "llm_mix.jsonl")   # a few {prompt, response} rows shipped with the repo
 RELAY_FILE = "relay.safetensors"
+RELAY_EPS = 1e-5               # R's LayerNorm eps unless config.json says (the authors': 1e-6)
 QWEN2_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
               "num_attention_heads", "num_key_value_heads", "max_position_embeddings",
               "rope_theta", "rms_norm_eps", "tie_word_embeddings", "hidden_act",
@@ -178,12 +180,13 @@ def resolve_model_path(name):
                        f"({type(e).__name__}); pass a local checkpoint directory") from None
 
 
-def load_relay_lm(path, dtype=torch.float32, patch=False, device="cpu"):
+def load_relay_lm(path, dtype=torch.float32, patch=False, device="cpu", relay_eps=RELAY_EPS):
     """Load a Fast-dLLM v2 checkpoint (or one this repo saved) into Qwen2ForCausalLM by weight
-    name. The relay comes from relay.safetensors when present; patch=True adds a zero-initialised
-    one when absent (the patched model then equals the base model exactly)."""
+    name. The relay comes from relay.safetensors when present (its LayerNorm eps from
+    config.json's relay_eps); patch=True adds a zero-initialised one with eps relay_eps when
+    absent (the patched model then equals the base model exactly)."""
     with _quiet_transformers():   # it warns that Fast_dLLM_Qwen is not qwen2: we know
-        return _load_relay_lm(path, dtype, patch, device)
+        return _load_relay_lm(path, dtype, patch, device, relay_eps)
 
 
 @contextlib.contextmanager
@@ -198,7 +201,7 @@ def _quiet_transformers():
         hf_logging.set_verbosity(before)
 
 
-def _load_relay_lm(path, dtype, patch, device):
+def _load_relay_lm(path, dtype, patch, device, relay_eps):
     from safetensors.torch import load_file
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
     path = resolve_model_path(path)
@@ -237,7 +240,8 @@ def _load_relay_lm(path, dtype, patch, device):
     relay = None
     rpath = os.path.join(path, RELAY_FILE)
     if os.path.exists(rpath) or patch:
-        relay = Relay(cfg.hidden_size, eps=1e-5, zero_init=True)
+        eps = raw.get("relay_eps", RELAY_EPS) if os.path.exists(rpath) else relay_eps
+        relay = Relay(cfg.hidden_size, eps=eps, zero_init=True)
         if os.path.exists(rpath):
             relay.load_state_dict(load_file(rpath))
     lm = RelayLM(qwen, relay, ids["mask"], ids["pad"], ids["stop"],
@@ -264,6 +268,8 @@ def save_relay_lm(lm, tok, raw_config, out_dir, state=None):
         rsd = part("relay.")
         atomic(lambda p: save_file(rsd, p), os.path.join(out_dir, RELAY_FILE))
     cfg = dict(raw_config, relay=lm.relay is not None)
+    if lm.relay is not None:
+        cfg["relay_eps"] = lm.relay.norm.eps
     atomic_write(os.path.join(out_dir, "config.json"), json.dumps(cfg, indent=1))
     tok.save_pretrained(out_dir)
 

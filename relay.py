@@ -70,16 +70,25 @@ def unmask_budget(logits, masked, tau):
 
 
 @torch.no_grad()
-def unmask_threshold(confidence, masked, threshold, group=None):
-    """METHOD.md 4, the LLM rule shared by the relay rollout in training and the block decoder:
-    reveal masked tokens whose confidence (max softmax prob of the argmax token) exceeds
-    `threshold`, plus the single most confident masked token of every group of `group`
-    consecutive positions that still has one (the 32-token block in training, the 8-token
-    sub-block in decoding; group=None: the whole row is one group).
+def unmask_threshold(confidence, masked, threshold, group=None, sub_group=None):
+    """METHOD.md 7, the LLM rule shared by the relay rollout in training (Alg. 1 line 8) and the
+    block decoder: reveal masked tokens whose confidence (max softmax prob of the argmax token)
+    exceeds `threshold`, plus the single most confident masked token of every group of `group`
+    consecutive positions that still has one (the 32-token block; group=None: the whole row).
+    sub_group: only the earliest `sub_group`-token part of each group that still has a masked
+    token may reveal, threshold and best alike: decoding's order (8-token sub-blocks in turn),
+    and the authors' `decode_aligned` training rule. sub_group=None: anywhere in the group
+    (their `bd` rule, the one behind the paper's Table 2).
     confidence, masked: (B, T). Returns reveal: (B, T) bool, a subset of `masked`."""
     B, T = masked.shape
     g = group or T
     assert T % g == 0, f"length {T} is not a multiple of the group size {g}"
+    if sub_group:
+        assert g % sub_group == 0, f"group {g} is not a multiple of the sub-group {sub_group}"
+        open_sub = masked.view(B, T // g, g // sub_group, sub_group).any(-1)    # (B, groups, subs)
+        earliest = open_sub.float().argmax(-1, keepdim=True)                    # first with a mask
+        active = torch.zeros_like(open_sub).scatter(-1, earliest, True)
+        masked = masked & active.repeat_interleave(sub_group, dim=-1).view(B, T)
     conf = confidence.float().masked_fill(~masked, -1.0).view(B, T // g, g)
     best = torch.zeros_like(conf, dtype=torch.bool).scatter(-1, conf.argmax(-1, keepdim=True), True)
     reveal = (conf > threshold) | best

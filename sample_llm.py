@@ -23,10 +23,9 @@ import json
 import torch
 
 from common import resolve_device, run_main
-from llm import LLMError, THRESHOLD, load_relay_lm, shift_states, user_turn
+from llm import LLMError, SUB_BLOCK, THRESHOLD, load_relay_lm, shift_states, user_turn
 from relay import unmask_threshold
 
-SUB_BLOCK = 8     # Fast-dLLM v2's sub-block: a 32-token block is decoded as four of these
 
 
 # -----------------------------------------------------------------------------
@@ -126,7 +125,6 @@ def generate(lm, prompts, max_new_tokens=512, tau=THRESHOLD, sub_block=SUB_BLOCK
             first_stop = torch.where(stops.any(1), stops.float().argmax(1), bs)
             pending = (is_mask & (col < first_stop[:, None])).any(1)
             sub = is_mask.float().argmax(1) // sub_block                  # current sub-block per row
-            in_sub = col // sub_block == sub[:, None]
             where = is_resp if relay_at_revealed else is_mask
             emb = lm.embed(z, h if use_relay else None, where=where)
             if not sub_block_cache:
@@ -139,7 +137,8 @@ def generate(lm, prompts, max_new_tokens=512, tau=THRESHOLD, sub_block=SUB_BLOCK
             block_hidden = hidden
             hs = shift_states(hidden, last if last is not None else hidden[:, :1] * 0, bs)
             conf, pred = lm.logits(hs).float().softmax(-1).max(-1)
-            reveal = unmask_threshold(conf, is_mask & in_sub, tau, group=bs) & active[:, None]
+            # the current sub-block only (the earliest with a [MASK]): its confident tokens and best
+            reveal = unmask_threshold(conf, is_mask, tau, group=bs, sub_group=sub_block) & active[:, None]
             z = torch.where(reveal, pred, z)
             h = hs if h is None else torch.where(active[:, None, None], hs, h)
             nfe += pending.long()

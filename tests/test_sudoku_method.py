@@ -136,6 +136,25 @@ def test_unmask_threshold_groups():
     assert sum(r) == 1 and r[6]
 
 
+
+def test_unmask_threshold_decode_aligned_reveals_only_the_earliest_open_sub_block():
+    T, F = True, False
+    # two groups of 8, sub-groups of 4. Group 1: its first sub-group is done (nothing masked),
+    # so the second may reveal, above the threshold: 5 and 7. Group 2: its first sub-group still
+    # has masks, none over 0.85, so only its best (9, 0.3) opens; the 0.99s after it wait
+    conf = torch.tensor([[0.99, 0.99, 0.99, 0.99, 0.5, 0.9, 0.2, 0.95,
+                          0.1, 0.3, 0.99, 0.2, 0.99, 0.99, 0.99, 0.99]])
+    masked = torch.tensor([[F, F, F, F, T, T, T, T, T, T, F, T, T, T, T, T]])
+    r = unmask_threshold(conf, masked, 0.85, group=8, sub_group=4)[0]
+    assert r.nonzero().flatten().tolist() == [5, 7, 9]
+    # the `bd` rule on the same numbers opens anything over the threshold in the group
+    r = unmask_threshold(conf, masked, 0.85, group=8)[0]
+    assert r.nonzero().flatten().tolist() == [5, 7, 12, 13, 14, 15]
+    # the best of the open sub-group is revealed even when a later one holds higher numbers
+    conf2 = torch.tensor([[0.2, 0.4, 0.3, 0.1, 0.8, 0.8, 0.8, 0.8]])
+    r = unmask_threshold(conf2, torch.ones(1, 8, dtype=torch.bool), 0.85, group=8, sub_group=4)[0]
+    assert r.nonzero().flatten().tolist() == [1]
+
 # -----------------------------------------------------------------------------
 # the sampler
 
