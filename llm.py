@@ -180,13 +180,15 @@ def resolve_model_path(name):
                        f"({type(e).__name__}); pass a local checkpoint directory") from None
 
 
-def load_relay_lm(path, dtype=torch.float32, patch=False, device="cpu", relay_eps=RELAY_EPS):
+def load_relay_lm(path, dtype=torch.float32, patch=False, device="cpu", relay_eps=RELAY_EPS,
+                  relay_gain=0.0):
     """Load a Fast-dLLM v2 checkpoint (or one this repo saved) into Qwen2ForCausalLM by weight
     name. The relay comes from relay.safetensors when present (its LayerNorm eps from
-    config.json's relay_eps); patch=True adds a zero-initialised one with eps relay_eps when
-    absent (the patched model then equals the base model exactly)."""
+    config.json's relay_eps); patch=True adds one with eps relay_eps when absent, zero-initialised
+    (the patched model then equals the base model exactly) unless relay_gain sets its initial
+    gain (a departure for models trained from scratch, as the Sudoku half's; bias stays 0)."""
     with _quiet_transformers():   # it warns that Fast_dLLM_Qwen is not qwen2: we know
-        return _load_relay_lm(path, dtype, patch, device, relay_eps)
+        return _load_relay_lm(path, dtype, patch, device, relay_eps, relay_gain)
 
 
 @contextlib.contextmanager
@@ -201,7 +203,7 @@ def _quiet_transformers():
         hf_logging.set_verbosity(before)
 
 
-def _load_relay_lm(path, dtype, patch, device, relay_eps):
+def _load_relay_lm(path, dtype, patch, device, relay_eps, relay_gain):
     from safetensors.torch import load_file
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
     path = resolve_model_path(path)
@@ -244,6 +246,8 @@ def _load_relay_lm(path, dtype, patch, device, relay_eps):
         relay = Relay(cfg.hidden_size, eps=eps, zero_init=True)
         if os.path.exists(rpath):
             relay.load_state_dict(load_file(rpath))
+        elif relay_gain:
+            nn.init.constant_(relay.norm.weight, relay_gain)
     lm = RelayLM(qwen, relay, ids["mask"], ids["pad"], ids["stop"],
                  raw.get("bd_size", BLOCK_SIZE)).to(device)
     return lm.to(dtype), tok, raw

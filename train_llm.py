@@ -90,6 +90,9 @@ g.add_argument("--pool", default=None, choices=POOLS,
                     "forwards on them and refills finished rows from the first rows of its own\n"
                     "micro-batch (the rest of it is skipped); sliced: batch x accumulation rows,\n"
                     "micro-step m trains slice m, so each row advances K forwards per step")
+g.add_argument("--relay-gain", type=float, default=0.0,
+               help="initial gain of a newly patched R (default 0, the authors': the patched model\n"
+                    "equals the base; a non-zero gain is for training from scratch, a departure)")
 g.add_argument("--relay-eps", type=float, default=None,
                help="R's LayerNorm eps for a newly patched model (preset: paper 1e-6, cpu 1e-5)")
 g = p.add_argument_group("model")
@@ -461,7 +464,8 @@ def main(argv=None):
     use_relay = args.method in ("relay", "relay_sg")
     stop_grad = args.method == "relay_sg"     # the relay_sg ablation: h.detach() before R
     lm, tok, raw_cfg = load_relay_lm(ckpt_dir if args.resume else args.model, patch=use_relay,
-                                     device=device, relay_eps=args.relay_eps)
+                                     device=device, relay_eps=args.relay_eps,
+                                     relay_gain=args.relay_gain)
     if not use_relay:
         lm.relay = None
     if args.grad_ckpt:

@@ -232,3 +232,14 @@ def test_the_log_shows_whether_r_moves(tiny_dir, tmp_path):
 def test_eval_defaults_to_the_authors_length():
     args = eval_llm.parser().parse_args(["--model", "m", "--task", "humaneval"])
     assert args.max_new_tokens == 2048
+
+
+def test_relay_gain_sets_a_new_rs_initial_gain_only(tiny_dir, tmp_path):
+    lm, _, _ = llm.load_relay_lm(tiny_dir, patch=True, relay_gain=0.125)
+    assert (lm.relay.norm.weight == 0.125).all() and (lm.relay.norm.bias == 0).all()
+    r = train_llm.main(["--model", tiny_dir, "--method", "relay", "--max-iters", "1", "--lr", "0",
+                        "--relay-gain", "0.125", "--out-dir", str(tmp_path), "--no-progress"])
+    assert (r["lm"].relay.norm.weight == 0.125).all()
+    # a saved R is loaded as saved, whatever relay_gain says
+    lm, _, _ = llm.load_relay_lm(str(tmp_path / "ckpt"), patch=True, relay_gain=0.5)
+    assert (lm.relay.norm.weight == 0.125).all()
