@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from common import autocast_for, resolve_device, run_main
+from common import autocast_for, load_checkpoint, resolve_device, run_main
 from model import N_CELLS, SIZES, build_model, encode
 from sample import solve_boards
 from data.sudoku import load_boards
@@ -282,8 +282,7 @@ def fingerprint():
             capture_output=True, text=True)
         if r.returncode:
             raise RuntimeError(f"train_sudoku.py exited {r.returncode}: {r.stderr.strip()[-500:]}")
-        weights = torch.load(os.path.join(out, "ckpt.pt"), map_location="cpu",
-                             weights_only=False)["model"]
+        weights = load_checkpoint(os.path.join(out, "ckpt.pt"))["model"]
     h = hashlib.sha256()
     for k in sorted(weights):
         h.update(k.encode())

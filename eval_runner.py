@@ -21,6 +21,7 @@ import collections
 import hashlib
 import json
 import os
+import re
 import sys
 import types
 import warnings
@@ -160,16 +161,28 @@ def _parse(code):
         return ast.parse(code)
 
 
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
+
+
+def _lines(code):
+    """code's lines as Python's tokenizer counts them, each with its end: only \\n, \\r\\n and
+    \\r end a line (str.splitlines also splits at a form feed, U+2028, NEL and more, which may
+    stand inside a string literal)."""
+    return _LINE.findall(code)
+
+
 def _parse_prefix(code):
     """The longest prefix of `code`, in whole lines, that parses (a completion cut off by the
     token budget usually ends mid-statement). Each failure cuts before the line the parser
     stopped at, so text after a first error costs one parse, not one per line."""
     if "\0" in code:                    # no prefix holding a NUL parses
-        code = code[:code.index("\0")].rpartition("\n")[0]
-    lines = code.splitlines()
+        lines = _lines(code[:code.index("\0")])
+        code = "".join(lines if lines and lines[-1].endswith(("\n", "\r")) else lines[:-1])
+    lines = _lines(code)
     n = len(lines)
     while n > 0:
-        text = "\n".join(lines[:n]) + "\n"
+        text = "".join(lines[:n])
+        text += "" if text.endswith(("\n", "\r")) else "\n"
         try:
             return text, _parse(text)
         except SyntaxError as e:
@@ -194,7 +207,7 @@ def _free_names(node):
 def sanitize(code, entry_point):
     """Every other top-level statement goes (a __main__ block, prints, calls, input())."""
     code, tree = _parse_prefix(code)
-    lines = code.splitlines()
+    lines = _lines(code)
     defines = {}                                # top-level node -> the names it binds
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -214,8 +227,8 @@ def sanitize(code, entry_point):
     for node in tree.body:
         if isinstance(node, (ast.Import, ast.ImportFrom)) or node in keep:
             first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
-            out.append("\n".join(lines[first - 1:node.end_lineno]))
-    return "\n".join(out) + "\n"
+            out.append("".join(lines[first - 1:node.end_lineno]))
+    return "".join(part if part.endswith(("\n", "\r")) else part + "\n" for part in out) or "\n"
 
 
 # -----------------------------------------------------------------------------

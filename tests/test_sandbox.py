@@ -2,6 +2,7 @@
 without knowing this harness, programs that reach outside their sandbox, and samples that try to
 crash or stall the evaluator. Every case runs under each isolation this machine offers (bwrap,
 unshare): a wrong answer fails, nothing outside changes, no process outlives the evaluation."""
+import ast
 import json
 import os
 import socket
@@ -391,7 +392,24 @@ def test_plain_data_round_trips_exactly_and_nothing_else_crosses():
 
 
 def test_the_comparison_is_evalplus_on_plain_data():
-    assert code_eval.close([1.0, (2, 3.0000000001)], [1, (2, 3.0)])
+    # exact where the reference is not a float, type included (by hand, EvalPlus's rule)
+    fib = [0, 1]
+    while len(fib) < 90:
+        fib.append(fib[-1] + fib[-2])
+    phi = (1 + 5 ** 0.5) / 2
+    float_fib = [round(phi ** n / 5 ** 0.5) * 1.0 for n in range(90)]   # wrong from n = 71
+    assert not code_eval.close(float_fib[80], fib[80]) and not code_eval.close(0.9999995, True)
+    assert not code_eval.close(1, True) and not code_eval.close(True, 1)
+    assert not code_eval.close(1.0, 1) and not code_eval.close([1.0, 2], [1, 2])
+    assert not code_eval.close([1.0, (2, 3.0000000001)], [1, (2, 3.0)])
+    assert code_eval.close([1, (2, "a")], [1, (2, "a")]) and not code_eval.close((1,), [1])
+    # tolerance where the reference is a float, or a list of floats, or the task gives one
+    assert code_eval.close(1.0000001, 1.0) and code_eval.close([1.0, 2.0000001], [1.0, 2.0])
+    assert not code_eval.close(1, 1.0) and not code_eval.close([1.0, "2"], [1.0, 2.0])
+    assert code_eval.close([1.0, 2], [1.0, 2.0])        # allclose element-wise, as EvalPlus
+    assert code_eval.close(3.0000001, 3.0, atol=1e-6) and not code_eval.close(3.0001, 3.0)
+    assert code_eval.close([3.0, 4], [3, 4], atol=1e-3) and not code_eval.close([3.0, 4], [3, 4])
+    assert not code_eval.close(3.1, 3, atol=1e-3) and not code_eval.close(3.0, 3, atol=1e-3)
     assert not code_eval.close([1.0], (1.0,)) and not code_eval.close(1.0, "1.0")
     assert code_eval.close(1e-7, 0.0, atol=0) and not code_eval.close(1e-5, 0.0, atol=0)
     assert code_eval.close(float("nan"), float("nan")) and not code_eval.close(10 ** 400, 1.0)
@@ -459,6 +477,20 @@ def test_sanitize_keeps_the_entry_point_and_what_it_reaches():
         "def f():\n    return 1\n"
 
 
+@pytest.mark.parametrize("sep", ["\u2028", "\x0c", "\x85", "\x1c", "\x0b", "\r\n"])
+def test_sanitize_reads_every_program_python_reads(sep):
+    # the character inside a string literal (and a form feed also before a statement, where
+    # Python allows it): the program must come through whole and compute what Python computes
+    code = "def f():\n    return 'a" + sep + "b'\n" + ("\x0cx = 1\n" if sep == "\x0c" else "")
+    if sep == "\r\n":                  # CRLF line ends, and one inside a triple-quoted string
+        code = "def f():\r\n    s = \"\"\"a\r\nb\"\"\"\r\n    return s\r\n"
+    want, got = {}, {}
+    exec(compile(code, "want", "exec"), want)
+    out = eval_runner.sanitize(code + "print(f())\n", "f")
+    exec(compile(out, "got", "exec"), got)
+    assert got["f"]() == want["f"](), (repr(out), repr(code))
+    assert len(eval_runner._parse_prefix(code)[1].body) == len(ast.parse(code).body)
+
 # -----------------------------------------------------------------------------
 # the samples-file command line
 
@@ -513,3 +545,25 @@ def test_output_is_kept_head_or_tail_exactly_and_overflow_is_reported():
         os.close(r)
         assert out[0] == (data[:keep] if head else data[-keep:]), (head, keep)
         assert out[1] is (head and keep < len(data))
+
+
+def test_a_samples_line_json_cannot_read_is_one_line_naming_it(tmp_path):
+    # an extra field with an int past Python's digit limit: json raises a plain ValueError
+    bad = tmp_path / "s.jsonl"
+    bad.write_text('{"task_id": "HumanEval/0", "solution": "x = 1"}\n'
+                   '{"task_id": "HumanEval/0", "solution": "x = 1", "n": ' + "7" * 5000 + "}\n")
+    with pytest.raises(code_eval.EvalError) as e:
+        code_eval._read_jsonl(str(bad))
+    assert str(e.value).startswith(f"{bad}:2: not readable JSON") and "\n" not in str(e.value)
+
+
+def test_no_checkpoint_load_can_run_code():
+    # every torch.load in the repository reads tensors and plain data only (common.load_checkpoint)
+    from conftest import ROOT
+    for folder, _, files in os.walk(ROOT):
+        if any(part.startswith(".") for part in os.path.relpath(folder, ROOT).split(os.sep)):
+            continue
+        for f in files:
+            if f.endswith(".py"):
+                text = open(os.path.join(folder, f)).read()
+                assert "weights_only=" + "False" not in text, os.path.join(folder, f)

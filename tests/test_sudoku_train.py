@@ -12,7 +12,7 @@ import torch
 
 import model as model_lib
 import train_sudoku
-from common import UserError
+from common import UserError, load_checkpoint
 from data import sudoku
 from conftest import ROOT, SHARED
 
@@ -32,7 +32,7 @@ def test_short_run_lowers_the_loss(tmp_path, method):
     losses = np.array(r["losses"])
     assert len(losses) == 40 and np.isfinite(losses).all()
     assert losses[-8:].mean() < 0.9 * losses[:4].mean()
-    ck = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    ck = load_checkpoint(tmp_path / "ckpt.pt")
     assert ck["step"] == 40 and ck["args"]["method"] == method
     assert ck["model_config"]["relay"] == (method in train_sudoku.RELAY_METHODS)
     assert set(ck) >= {"model", "ema", "optimizer", "ranks", "args", "history"}
@@ -46,8 +46,8 @@ def test_resume_gives_the_same_next_losses(tmp_path, method):
     resumed = train(tmp_path / "split", "--resume", method=method, iters=6)
     assert resumed["step"] == 6
     assert resumed["losses"] == full[3:]       # bit-for-bit: pool, RNG, optimizer, EMA restored
-    a = torch.load(tmp_path / "full" / "ckpt.pt", weights_only=False)
-    b = torch.load(tmp_path / "split" / "ckpt.pt", weights_only=False)
+    a = load_checkpoint(tmp_path / "full" / "ckpt.pt")
+    b = load_checkpoint(tmp_path / "split" / "ckpt.pt")
     for k in a["ema"]:
         assert torch.equal(a["ema"][k], b["ema"][k]), k
 
@@ -146,7 +146,7 @@ def test_compared_checkpoints_of_one_method_stay_apart(tmp_path, tiny_ckpt):
 def test_incompatible_checkpoint_is_refused(tmp_path, tiny_ckpt):
     import sample
     shutil.copyfile(tiny_ckpt, tmp_path / "ckpt.pt")
-    ck = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    ck = load_checkpoint(tmp_path / "ckpt.pt")
     ck["model_config"]["n_embd"] = 48           # the weights no longer fit the config
     torch.save(ck, tmp_path / "bad.pt")
     with pytest.raises(UserError, match="incompatible checkpoint"):
@@ -172,7 +172,7 @@ def test_show_prints_trajectories(tiny_ckpt, capsys):
 
 def test_init_from_an_mlm_checkpoint_starts_equal_to_it(tmp_path):
     train(tmp_path / "mlm", method="mlm", iters=4)
-    src_ck = torch.load(tmp_path / "mlm" / "ckpt.pt", weights_only=False)
+    src_ck = load_checkpoint(tmp_path / "mlm" / "ckpt.pt")
     src = model_lib.build_model(src_ck["model_config"])
     src.load_state_dict(src_ck["ema"])
     cfg = dict(src_ck["model_config"], relay=True)
@@ -191,7 +191,7 @@ def test_init_from_an_mlm_checkpoint_starts_equal_to_it(tmp_path):
     train(tmp_path / "relay", iters=2)
     plain = model_lib.build_model(cfg | dict(relay=False))
     train_sudoku.init_from_checkpoint(plain, str(tmp_path / "relay" / "ckpt.pt"), "cpu")
-    rck = torch.load(tmp_path / "relay" / "ckpt.pt", weights_only=False)
+    rck = load_checkpoint(tmp_path / "relay" / "ckpt.pt")
     assert torch.equal(plain.wte.weight, rck["ema"]["wte.weight"])
     # another architecture is refused with one line
     wide = model_lib.build_model(cfg | dict(n_embd=48, n_head=2))
@@ -199,8 +199,7 @@ def test_init_from_an_mlm_checkpoint_starts_equal_to_it(tmp_path):
         train_sudoku.init_from_checkpoint(wide, str(tmp_path / "mlm" / "ckpt.pt"), "cpu")
     # the command line: a fine-tuned relay run from the MLM checkpoint
     r = train(tmp_path / "ft", "--init-from", str(tmp_path / "mlm" / "ckpt.pt"), iters=3)
-    assert r["step"] == 3 and torch.load(tmp_path / "ft" / "ckpt.pt",
-                                         weights_only=False)["args"]["init_from"]
+    assert r["step"] == 3 and load_checkpoint(tmp_path / "ft" / "ckpt.pt")["args"]["init_from"]
 
 
 def test_loopholing_reads_the_state_of_a_gradient_free_first_pass():

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import table1
+from common import load_checkpoint
 from data.sudoku import DataError
 
 TINY = "--size tiny --n-train 200 --n-val 40 --n-test 40 --batch-size 16 --eval-n 16 --lr 3e-3"
@@ -20,7 +21,7 @@ def run_table(tmp_path, *extra):
 
 
 def step_of(path):
-    return torch.load(path, weights_only=False)["step"]
+    return load_checkpoint(path)["step"]
 
 
 def test_table_runs_resumes_and_reports(tmp_path):
@@ -76,7 +77,7 @@ def test_table_runs_resumes_and_reports(tmp_path):
     shutil.copytree(tmp_path / "runs_kept", runs)
 
     # a finished run is not trained again
-    final = torch.load(runs / "relay_tied_s1" / "ckpt.pt", weights_only=False)
+    final = load_checkpoint(runs / "relay_tied_s1" / "ckpt.pt")
     log_before = (runs / "relay_tied_s1" / "train.log").read_text()
     run_table(tmp_path)
     assert (runs / "relay_tied_s1" / "train.log").read_text() == log_before
@@ -87,7 +88,7 @@ def test_table_runs_resumes_and_reports(tmp_path):
     os.remove(runs / "relay_tied_s1" / "sweep.jsonl")
     run_table(tmp_path)
     assert "resumed" in (runs / "relay_tied_s1" / "train.log").read_text()
-    again = torch.load(runs / "relay_tied_s1" / "ckpt.pt", weights_only=False)
+    again = load_checkpoint(runs / "relay_tied_s1" / "ckpt.pt")
     assert again["step"] == 8
     for k, v in final["ema"].items():
         assert torch.equal(again["ema"][k], v), k
@@ -185,7 +186,7 @@ def test_finetune_protocol_loopholing_and_real_puzzle_bands(tmp_path, monkeypatc
     runs = tmp_path / "runs"
     assert step_of(runs / "mlm_base_tied_s1" / "ckpt.pt") == 4
     for m in ("mlm", "loopholing"):
-        ck = torch.load(runs / f"{m}_tied_s1" / "ckpt.pt", weights_only=False)
+        ck = load_checkpoint(runs / f"{m}_tied_s1" / "ckpt.pt")
         assert ck["step"] == 6 and ck["args"]["init_from"].endswith("mlm_base_tied_s1/ckpt.pt")
     # loopholing makes 1 + 0.5 forward passes per step: matched at round(6 / 1.5) = 4 steps
     assert step_of(runs / "loopholing_tied_s1" / "ckpt_matched.pt") == 4
