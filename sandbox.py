@@ -12,7 +12,8 @@ boundary (EVALUATION.md):
   /proc, a work directory and /tmp (tmpfs, capped); no host /tmp, /run, /var, /home, /etc;
 - an unprivileged user: as root, uid 65534 with no capabilities and no_new_privs;
 - a seccomp filter: keyrings, new namespaces, mount, io_uring, userfaultfd, bpf, perf_event_open,
-  ptrace and friends fail with EPERM;
+  ptrace and friends fail with EPERM, and so do file locks and file watches (inotify, fanotify,
+  dnotify), through which two samples running at once could signal to each other;
 - one cgroup (created under the caller's own) capping the memory and processes of the whole tree,
   rlimits per process, a wall-clock timeout, everything killed at the end.
 bubblewrap builds it when installed; otherwise util-linux's `unshare` and LAUNCHER below build the
@@ -127,7 +128,14 @@ DENIED = ("ptrace", "mount", "umount2", "pivot_root", "chroot", "acct", "swapon"
           "request_key", "keyctl", "unshare", "setns", "perf_event_open", "name_to_handle_at",
           "open_by_handle_at", "process_vm_readv", "process_vm_writev", "bpf", "userfaultfd",
           "io_uring_setup", "io_uring_enter", "io_uring_register", "open_tree", "move_mount",
-          "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr")
+          "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",
+          # two samples run at once bind the same host files (the interpreter, its libraries,
+          # /dev/null): a lock or a watch on one is seen by the other, a channel between them
+          "flock", "inotify_init", "inotify_init1", "inotify_add_watch", "fanotify_init",
+          "fanotify_mark")
+# fcntl's commands that lock or watch (the same channel): F_GETLK, F_SETLK, F_SETLKW, their
+# open-file-description forms, leases and dnotify
+FCNTL_DENIED = (5, 6, 7, 36, 37, 38, 1024, 1025, 1026)
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 SYSCALLS = {   # name: (x86_64 from arch/x86/entry/syscalls, aarch64 from asm-generic)
     "ptrace": (101, 117), "mount": (165, 40), "umount2": (166, 39), "pivot_root": (155, 41),
@@ -143,6 +151,9 @@ SYSCALLS = {   # name: (x86_64 from arch/x86/entry/syscalls, aarch64 from asm-ge
     "open_tree": (428, 428), "move_mount": (429, 429), "fsopen": (430, 430),
     "fsconfig": (431, 431), "fsmount": (432, 432), "fspick": (433, 433), "clone3": (435, 435),
     "mount_setattr": (442, 442),
+    "flock": (73, 32), "fcntl": (72, 25), "inotify_init": (253, None),   # aarch64 has only init1
+    "inotify_init1": (294, 26), "inotify_add_watch": (254, 27), "fanotify_init": (300, 262),
+    "fanotify_mark": (301, 263),
 }
 CLONE_NEW = 0x7E020080           # NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET, NEWTIME
 EPERM, ENOSYS = 1, 38
@@ -150,8 +161,9 @@ EPERM, ENOSYS = 1, 38
 
 def seccomp_filter(machine=None):
     """The filter's bytes (struct sock_filter[]): DENIED fail with EPERM, clone with any
-    namespace flag with EPERM, clone3 with ENOSYS (its flags sit in memory a filter cannot read;
-    glibc then falls back to clone), another architecture's calls kill the process."""
+    namespace flag with EPERM, fcntl with a command of FCNTL_DENIED with EPERM, clone3 with
+    ENOSYS (its flags sit in memory a filter cannot read; glibc then falls back to clone),
+    another architecture's calls kill the process."""
     machine = machine or platform.machine()
     if machine not in AUDIT_ARCH:
         raise SandboxError(f"no seccomp syscall table for {machine}: the sandbox is built for "
@@ -163,11 +175,15 @@ def seccomp_filter(machine=None):
     prog = [(LD, None, None, 4), (JEQ, None, "kill", arch), (LD, None, None, 0)]
     if machine == "x86_64":                  # the x32 ABI's numbers (bit 30), its own table
         prog.append((JGE, "eperm", None, 0x40000000))
-    prog += [(JEQ, "eperm", None, nrs[n]) for n in DENIED]
+    prog += [(JEQ, "eperm", None, nrs[n]) for n in DENIED if nrs[n] is not None]
     prog += [(JEQ, "enosys", None, nrs["clone3"]), (JEQ, "clone", None, nrs["clone"]),
+             (JEQ, "fcntl", None, nrs["fcntl"]),
              ("allow", RET, 0x7FFF0000),
              ("clone", LD, 16),                        # args[0], low 32 bits: the flags
              (JSET, "eperm", "allow_clone", CLONE_NEW), ("allow_clone", RET, 0x7FFF0000),
+             ("fcntl", LD, 24)]                        # args[1], low 32 bits: the command
+    prog += [(JEQ, "eperm", None, cmd) for cmd in FCNTL_DENIED]
+    prog += [("allow_fcntl", RET, 0x7FFF0000),
              ("enosys", RET, 0x50000 | ENOSYS), ("eperm", RET, 0x50000 | EPERM),
              ("kill", RET, 0x80000000)]      # every jump is forward, as BPF requires
     labels = {ins[0]: i for i, ins in enumerate(prog) if isinstance(ins[0], str)}

@@ -425,8 +425,8 @@ def test_the_seccomp_filter_is_well_formed():
     prog = [struct.unpack("=HBBI", sandbox.seccomp_filter("x86_64")[i:i + 8])
             for i in range(0, len(sandbox.seccomp_filter("x86_64")), 8)]
 
-    def walk(nr, arch=0xC000003E, flags=0):
-        data, acc, pc = {0: nr, 4: arch, 16: flags}, 0, 0
+    def walk(nr, arch=0xC000003E, flags=0, cmd=0):
+        data, acc, pc = {0: nr, 4: arch, 16: flags, 24: cmd}, 0, 0
         while True:
             op, jt, jf, k = prog[pc]
             if op == 0x20:
@@ -442,7 +442,78 @@ def test_the_seccomp_filter_is_well_formed():
     assert walk(435) == 0x50026 and walk(0) == allow and walk(56, flags=0x3D0F00) == allow
     assert walk(56, flags=0x10000000) == eperm and walk(0x40000000 + 1) == eperm
     assert walk(0, arch=0x40000003) == 0x80000000
+    # locks and watches (flock, inotify_init1, inotify_add_watch, fanotify_init), and fcntl's
+    # lock and notify commands; fcntl's other commands pass (Python's own startup uses them)
+    assert [walk(n) for n in (73, 294, 254, 300)] == [eperm] * 4
+    assert [walk(72, cmd=c) for c in (5, 6, 7, 37, 1024, 1026)] == [eperm] * 6
+    assert [walk(72, cmd=c) for c in (1, 2, 3, 4, 1030)] == [allow] * 5
 
+
+# -----------------------------------------------------------------------------
+# no channel between two samples that run at once
+
+SENDER = r"""
+import fcntl, os, sys, time
+f = open("/dev/null", "rb")
+try:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    held = "flock held"
+except OSError as e:
+    held = type(e).__name__
+t = time.time()
+while time.time() - t < 3:                  # opens the interpreter's file: inotify IN_OPEN
+    open(sys.executable, "rb").close()
+    time.sleep(0.01)
+print(held)
+"""
+
+RECEIVER = r"""
+import ctypes, fcntl, json, os, sys, time
+time.sleep(1)                               # the sender holds its lock and opens its file
+out = {}
+f = open("/dev/null", "rb")
+for name, call in (("flock", lambda: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)),
+                   ("fcntl lock", lambda: fcntl.lockf(f, fcntl.LOCK_SH | fcntl.LOCK_NB)),
+                   ("dnotify", lambda: fcntl.fcntl(os.open("/", os.O_RDONLY), fcntl.F_NOTIFY,
+                                                   fcntl.DN_ACCESS))):
+    try:
+        call()
+        out[name] = "free"
+    except PermissionError:
+        out[name] = "denied"
+    except BlockingIOError:
+        out[name] = "blocked"               # the sender's lock is visible: a channel
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.inotify_init1(os.O_NONBLOCK)
+if fd < 0:
+    out["inotify"] = "denied" if ctypes.get_errno() == 1 else os.strerror(ctypes.get_errno())
+else:
+    libc.inotify_add_watch(fd, sys.executable.encode(), 0x20)      # IN_OPEN
+    time.sleep(0.5)
+    out["inotify"] = "events" if len(os.read(fd, 4096) if True else b"") else "none"
+print(json.dumps(out))
+"""
+
+
+@needs_sandbox
+@each_backend
+def test_two_samples_at_once_cannot_signal_to_each_other(backend):
+    # the sender holds a lock on a file both sandboxes bind and keeps opening another; the
+    # receiver, running at the same time, tries to see either. Every lock and watch call is
+    # refused by the seccomp filter, so nothing crosses (unfiltered, flock reports "blocked"
+    # and inotify "events")
+    results = {}
+    def run(name, code):
+        results[name] = sandbox.run(["-c", code], timeout=10, backend=backend)
+    threads = [threading.Thread(target=run, args=a) for a in (("s", SENDER), ("r", RECEIVER))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seen = json.loads(results["r"].stdout.decode().strip().splitlines()[-1])
+    assert seen == {"flock": "denied", "fcntl lock": "denied", "dnotify": "denied",
+                    "inotify": "denied"}, (seen, results["r"].stderr[-500:])
+    assert results["s"].stdout.decode().strip() == "PermissionError"
 
 # -----------------------------------------------------------------------------
 # no isolation: refuse, naming the flag
