@@ -21,7 +21,7 @@ import os
 import re
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import numpy as np
 from tqdm import tqdm
@@ -173,18 +173,44 @@ CACHE_DIR = os.environ.get("RELAY_REFERENCE_CACHE",
 RUNNER = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "eval_runner.py")).read()
 
 
-def _runner(mode, request, timeout, backend, mem_mb=1024):
+MAX_LINE_BYTES = eval_runner.DIGEST_OVER + (64 << 10)   # an answer line: its encoding + room
+LINES_OVER = 16                 # lines a candidate's run may write beyond one per call
+MAX_REASON = 300                # characters of a reason (a candidate chooses its messages)
+
+
+def _runner(mode, request, timeout, backend, mem_mb=1024, max_lines=None):
     """eval_runner.py in a sandbox: (sandbox result, its answer's JSON lines; None for a line
-    that is not JSON)."""
+    that is not JSON). max_lines (a candidate's run, whose output its code controls): at most
+    that many lines are read (blank ones count), and a line over MAX_LINE_BYTES is None,
+    unread; an "ok" answer stays its raw line (`Raw`), parsed again only when compared, so the
+    evaluator holds at most the run's output (64 MiB) and one parsed answer at a time."""
     r = sandbox.run(["-c", RUNNER, mode], stdin=json.dumps(request).encode("utf-8", "surrogatepass"),
                     timeout=timeout, mem_bytes=mem_mb << 20, backend=backend)
+    pieces = r.stdout.split(b"\n", max_lines) if max_lines else r.stdout.splitlines()
     lines = []
-    for raw in r.stdout.splitlines():
+    for raw in pieces[:max_lines]:
+        if not raw.strip():
+            continue
+        if max_lines and len(raw) > MAX_LINE_BYTES:
+            lines.append(None)
+            continue
         try:
-            lines.append(json.loads(raw))
+            x = json.loads(raw)
         except (ValueError, RecursionError):
             lines.append(None)
+            continue
+        if max_lines and type(x) is dict and type(x.get("out")) is list and len(x["out"]) == 2 \
+                and x["out"][0] == "ok":
+            x["out"][1] = Raw(raw)
+        lines.append(x)
     return r, lines
+
+
+class Raw(bytes):
+    """A candidate's "ok" answer line, kept as its bytes; .node() parses it again."""
+
+    def node(self):
+        return json.loads(self)["out"][1]
 
 
 def _why(r, lines, default):
@@ -315,11 +341,25 @@ def same(out, exp):
         return False
     if type(exp) in (list, tuple):
         return len(out) == len(exp) and all(same(a, b) for a, b in zip(out, exp))
-    if type(exp) is dict:
-        return out.keys() == exp.keys() and all(same(out[k], exp[k]) for k in exp)
+    if isinstance(exp, dict):                           # dict and Counter, keys typed too
+        mine = {_typed(k): v for k, v in out.items()}
+        return len(mine) == len(exp) and all(
+            _typed(k) in mine and same(mine[_typed(k)], v) for k, v in exp.items())
+    if type(exp) in (set, frozenset):
+        return {_typed(e) for e in out} == {_typed(e) for e in exp}
     if type(exp) is float and exp != exp:
         return out != out
     return out == exp
+
+
+def _typed(v):
+    """A hashable value with the type of it and of everything in it: {True} is not {1}."""
+    t = type(v)
+    if t is tuple:
+        return t.__name__, tuple(_typed(e) for e in v)
+    if t is frozenset:
+        return t.__name__, frozenset(_typed(e) for e in v)
+    return t.__name__, v
 
 
 def _floats(x):
@@ -340,6 +380,106 @@ def _near(out, exp, tol):
         return abs(out - exp) <= tol + 1e-7 * abs(exp)
     except OverflowError:
         return False
+
+
+def _parsed(out):
+    """An answer with its "ok" value parsed from its raw line (None: unreadable)."""
+    if out[0] != "ok" or not isinstance(out[1], Raw):
+        return out
+    try:
+        return ["ok", out[1].node()]
+    except (ValueError, RecursionError, TypeError, KeyError, IndexError):
+        return None
+
+
+def canonical(node, depth=0):
+    """One text per value for a candidate's encoded output (eval_runner.encode's format),
+    built without hashing anything the candidate chose: set items and mapping entries are
+    sorted by their texts instead of put in a set or dict (Python's int hash is not keyed, so
+    chosen keys can all collide and make building a set of 150k ints take minutes). Equal texts
+    mean `same` values (-0.0 is written as 0.0, which it equals). A forged node: ValueError."""
+    if depth > eval_runner.MAX_DEPTH:
+        raise ValueError("nested too deeply")
+    t = type(node)
+    if node is None or t is bool or t is str:
+        return json.dumps(node)
+    if t is int:
+        return "i" + hex(node)
+    if t is list:
+        return "[" + ",".join(canonical(e, depth + 1) for e in node) + "]"
+    if t is not dict or len(node) != 1:
+        raise ValueError("not an encoded value")
+    (tag, v), = node.items()
+    if tag == "i" and type(v) is str:
+        return "i" + hex(int(v, 16))
+    if tag == "f" and type(v) is str:
+        x = float.fromhex(v)
+        return "f" + (x + 0.0 if x == 0 else x).hex()         # -0.0 + 0.0 is 0.0
+    if tag == "y" and type(v) is str:
+        return "y" + bytes.fromhex(v).hex()
+    if tag == "c" and type(v) is list and len(v) == 2 and all(type(p) is str for p in v):
+        return "c" + ",".join(canonical({"f": p}) for p in v)
+    if type(v) is not list:
+        raise ValueError("not an encoded value")
+    if tag == "t":
+        return "t(" + ",".join(canonical(e, depth + 1) for e in v) + ")"
+    if tag in ("s", "z"):
+        return tag + "{" + ",".join(sorted(canonical(e, depth + 1) for e in v)) + "}"
+    if tag in ("d", "C"):
+        if not all(type(kv) is list and len(kv) == 2 for kv in v):
+            raise ValueError("not an encoded mapping")
+        pairs = sorted((canonical(k, depth + 1), canonical(e, depth + 1)) for k, e in v)
+        if any(a[0] == b[0] for a, b in zip(pairs, pairs[1:])):
+            raise ValueError("a key twice")
+        return tag + "{" + ",".join(k + ":" + e for k, e in pairs) + "}"
+    raise ValueError("unknown tag")
+
+
+def _flat(node, depth=0):
+    """The value of a node that holds only numbers, strings, lists and tuples (what a
+    tolerance applies to), decoded without hashing; None for anything else."""
+    if depth > eval_runner.MAX_DEPTH:
+        return None
+    if type(node) is list:
+        items = [_flat(e, depth + 1) for e in node]
+        return None if any(e is None for e in items) else items
+    if type(node) is dict and len(node) == 1 and type(node.get("t")) is list:
+        items = [_flat(e, depth + 1) for e in node["t"]]
+        return None if any(e is None for e in items) else tuple(items)
+    if type(node) is dict and list(node) in (["f"], ["i"]) or type(node) in (int, float, str):
+        return scalar(node)
+    return None
+
+
+def scalar(node):
+    """A number or string node's value (no container: nothing to hash); None otherwise."""
+    t = type(node)
+    if t in (int, str, bool) or node is None:
+        return node
+    try:
+        if t is dict and list(node) == ["f"]:
+            return float.fromhex(node["f"])
+        if t is dict and list(node) == ["i"]:
+            return int(node["i"], 16)
+    except (TypeError, ValueError):
+        pass
+    return None
+
+
+def matches(node, exp_node, exp, atol=0.0):
+    """close(decode(node), exp) for a candidate's encoded output, without decoding into sets
+    or dicts: exact when the canonical texts agree, else the tolerance where EvalPlus has one
+    (a float reference, a list or tuple of floats, or the task's atol) on the flat value."""
+    try:
+        if canonical(node) == canonical(exp_node):
+            return True
+    except (ValueError, RecursionError):
+        return False
+    tol = atol or (1e-6 if _floats(exp) else 0.0)
+    if not tol:
+        return False
+    out = _flat(node)
+    return out is not None and type(out) is type(exp) and _near(out, exp, tol)
 
 
 def is_root(coeffs, x, atol):
@@ -380,7 +520,7 @@ def judge(problem, code, timeout=10.0, plus_timeout=60.0, backend="auto"):
     calls = ref.calls + ref.plus_calls
     r, lines = _runner("candidate", dict(code=code, entry_point=problem["entry_point"],
                                          calls=calls), timeout + (plus_timeout if has_plus else 0),
-                       backend)
+                       backend, max_lines=len(calls) + LINES_OVER)
     got = _answers(lines, len(calls))
 
     def missing(lo, hi):
@@ -396,38 +536,40 @@ def judge(problem, code, timeout=10.0, plus_timeout=60.0, backend="auto"):
     else:
         reason = missing(0, n_base)
         if reason is None:
-            outs = [got[i] for i in range(n_base)]
-            same = all(eval_runner._text(o) == eval_runner._text(e)
-                       for o, e in zip(outs, ref.outputs))
-            reason = "passed" if same else replay(problem, ref, outs, timeout, backend)
+            outs = [_parsed(got[i]) for i in range(n_base)]
+            if any(o is None for o in outs):
+                reason = f"call {outs.index(None)}: unreadable output"
+            else:
+                same = all(eval_runner._text(o) == eval_runner._text(e)
+                           for o, e in zip(outs, ref.outputs))
+                reason = "passed" if same else replay(problem, ref, outs, timeout, backend)
         base_ok = reason == "passed"
     verdict["base"] = base_ok
     if not has_plus:
-        return dict(verdict, reason=reason)
+        return dict(verdict, reason=reason[:MAX_REASON])
     plus_reason = missing(n_base, len(calls))
     if plus_reason is None:
         for j, (exp, value) in enumerate(zip(ref.plus, ref.plus_values)):
             out = got[n_base + j]
+            out = _parsed(out)
+            if out is None:
+                plus_reason = f"plus input {j}: unreadable output"
+                break
             if exp[0] == "digest" and out[0] == "ok":    # large: exactly the reference's
                 ok = eval_runner.digest(out[1]) == exp[1]
             elif exp[0] != "ok" or out[0] != "ok":
                 ok = eval_runner._text(out) == eval_runner._text(exp)
+            elif problem["entry_point"] == "find_zero":
+                ok = is_root(problem["inputs"][j][0], scalar(out[1]), problem.get("atol") or 0)
             else:
-                try:
-                    ans = eval_runner.decode(out[1])
-                except (ValueError, RecursionError):
-                    plus_reason = f"plus input {j}: unreadable output"
-                    break
-                ok = (is_root(problem["inputs"][j][0], ans, problem.get("atol") or 0)
-                      if problem["entry_point"] == "find_zero" else
-                      close(ans, value, float(problem.get("atol") or 0)))
+                ok = matches(out[1], exp[1], value, float(problem.get("atol") or 0))
             if not ok:
                 plus_reason = (bad(n_base + j, out) if out[0] != "ok" else
                                f"plus input {j}: wrong output for {json.dumps(problem['inputs'][j])[:120]}")
                 break
         plus_reason = plus_reason or "passed"
     verdict["plus"] = base_ok and plus_reason == "passed"
-    return dict(verdict, reason=reason if not base_ok else plus_reason)
+    return dict(verdict, reason=(reason if not base_ok else plus_reason)[:MAX_REASON])
 
 
 def replay(problem, ref, outs, timeout, backend):
@@ -439,7 +581,7 @@ def replay(problem, ref, outs, timeout, backend):
         if o[0] != "ok":
             return f"call {i}: {o[1]}"
         try:
-            eval_runner.decode(o[1])
+            canonical(o[1])                     # readable, without hashing what it holds
         except (ValueError, RecursionError):
             return f"call {i}: unreadable output"
     r, lines = _runner("replay", dict(program=problem["canonical"], test=problem["test"],
@@ -452,10 +594,11 @@ def replay(problem, ref, outs, timeout, backend):
 
 
 def evaluate_solutions(problems, codes, workers=2, timeout=10.0, plus_timeout=60.0,
-                       backend="auto", unsafe=False, progress=False):
+                       backend="auto", unsafe=False, progress=False, on_result=None):
     """pass/fail per problem: base (the benchmark's tests) and plus (base + EvalPlus inputs).
     Each code is sanitised in its sandbox; one sample never stops the run (an error of the
-    evaluator's own on it is that sample's fail, with the reason)."""
+    evaluator's own on it is that sample's fail, with the reason). on_result(k, result) is
+    called as each sample's verdict is in (main writes it down at once)."""
     backend = choose_backend(backend, unsafe)   # refuse before anything runs
     prefetch_references(problems, timeout + plus_timeout, backend, workers, progress=progress)
 
@@ -467,9 +610,16 @@ def evaluate_solutions(problems, codes, workers=2, timeout=10.0, plus_timeout=60
             v = dict(base=False, plus=False if "inputs" in problem else None,
                      reason=f"evaluator error: {type(e).__name__}: {e}"[:300])
         return dict(task_id=problem["task_id"], **v)
+    results = [None] * len(problems)
     with ThreadPoolExecutor(workers) as ex:
-        return list(tqdm(ex.map(one, zip(problems, codes)), total=len(problems),
-                         desc="sandboxed tests", disable=not progress))
+        futures = {ex.submit(one, pair): k for k, pair in enumerate(zip(problems, codes))}
+        for fut in tqdm(as_completed(futures), total=len(problems), desc="sandboxed tests",
+                        disable=not progress):
+            k = futures[fut]
+            results[k] = fut.result()
+            if on_result:
+                on_result(k, results[k])
+    return results
 
 
 # -----------------------------------------------------------------------------
@@ -539,12 +689,20 @@ def main(argv=None):
     problems = load_tasks(args.task, args.data_dir, args.eval_file)
     samples = load_samples(args.samples, problems)
     backend = choose_backend(args.sandbox, args.unsafe_no_sandbox)
-    results = evaluate_solutions([s[1] for s in samples], [s[2] for s in samples], args.workers,
-                                 args.timeout, args.plus_timeout, backend=backend,
-                                 unsafe=args.unsafe_no_sandbox, progress=not args.json)
     out = args.out or re.sub(r"\.jsonl?$", "", args.samples) + "_eval_results.jsonl"
+    # each verdict as it comes, in <out>.partial: a crash or a kill keeps what was scored;
+    # the whole file, in the samples' order, replaces <out> at the end
+    with open(out + ".partial", "w") as partial:
+        def write_down(k, r):
+            partial.write(json.dumps(dict(r, line=samples[k][0])) + "\n")
+            partial.flush()
+        results = evaluate_solutions([s[1] for s in samples], [s[2] for s in samples],
+                                     args.workers, args.timeout, args.plus_timeout,
+                                     backend=backend, unsafe=args.unsafe_no_sandbox,
+                                     progress=not args.json, on_result=write_down)
     atomic_write(out, "".join(json.dumps(dict(r, line=s[0])) + "\n"
                               for s, r in zip(samples, results)))
+    os.remove(out + ".partial")
     summary = dict(task=args.task, samples=args.samples, sandbox=backend,
                    **score_samples(samples, results), per_sample_file=out)
     if args.json:

@@ -3,6 +3,7 @@ without knowing this harness, programs that reach outside their sandbox, and sam
 crash or stall the evaluator. Every case runs under each isolation this machine offers (bwrap,
 unshare): a wrong answer fails, nothing outside changes, no process outlives the evaluation."""
 import ast
+import collections
 import json
 import os
 import socket
@@ -514,6 +515,83 @@ def test_two_samples_at_once_cannot_signal_to_each_other(backend):
     assert seen == {"flock": "denied", "fcntl lock": "denied", "dnotify": "denied",
                     "inotify": "denied"}, (seen, results["r"].stderr[-500:])
     assert results["s"].stdout.decode().strip() == "PermissionError"
+
+# -----------------------------------------------------------------------------
+# the evaluator's own time and memory are bounded whatever a sample prints
+
+def test_matching_encoded_outputs_agrees_with_the_value_comparison():
+    # code_eval.matches (texts of the encoded output, nothing hashed) against close (decoded
+    # values): the same verdict on every pair of these, reference and answer both ways
+    values = [1, True, 1.0, -0.0, 0.0, float("nan"), 2 ** 70, "a", b"a", None, 1 + 2j,
+              [1, 2], (1, 2), [1.0, 2.0], [1.0000001, 2.0], (1.0, 2.0), {1, 2}, {2, 1, 3},
+              frozenset({1}), {1: "a", 2: "b"}, {2: "b", 1: "a"}, {1: "a"}, {True: "a"},
+              collections.Counter("aab"), {"a": 2, "b": 1}, [{1, 2}, {"k": (1, 2.0)}],
+              [{2, 1}, {"k": (1, 2.0)}], 3.0000001, 3.0, 0.9999995]
+    for exp in values:
+        for out in values:
+            node, exp_node = eval_runner.encode(out), eval_runner.encode(exp)
+            for atol in (0.0, 1e-3):
+                assert code_eval.matches(node, exp_node, exp, atol) == \
+                    code_eval.close(out, exp, atol), (out, exp, atol)
+
+
+def test_a_set_of_colliding_ints_costs_the_evaluator_nothing():
+    # 30,000 ints that all hash to 0 (multiples of 2**61 - 1, Python's int hash modulus):
+    # building them into a set takes about 10 s here (quadratic); comparing their texts, 0.03 s
+    P = (1 << 61) - 1
+    node = {"s": [{"i": hex(k * P)} for k in range(1, 30001)]}
+    exp = {1, 2}
+    t = time.time()
+    assert not code_eval.matches(node, eval_runner.encode(exp), exp)
+    code_eval.canonical(node)                    # and the replay's readability check
+    assert time.time() - t < 1.0
+
+
+@needs_sandbox
+def test_what_a_sample_prints_cannot_hold_up_the_evaluator(tmp_path):
+    backend = BACKENDS[0]
+    # (the runner moved fd 1 to stderr: the answer channel is one of the other descriptors)
+    find = "import os\nfor fd in range(3, 12):\n    try:\n        os.write(fd, {})\n    except OSError:\n        pass"
+    flood = at_import(find.format("b'\\n' * (60 << 20)"), answer="a + b")
+    # a right answer after 60 MiB of blank lines on the answer channel: past the lines the
+    # evaluator reads (one per call and 16 more), so the answers are not there: a fail
+    t = time.time()
+    r = verdict(flood, backend)
+    assert failed(r) and time.time() - t < 30, r
+    # an exception class named with 500,000 characters: the reason keeps 300
+    named = ("def add(a, b):\n    raise type('E' * 500000, (Exception,), {})()\n")
+    r = verdict(named, backend)
+    assert failed(r) and len(r["reason"]) <= 300 and "EEEE" in r["reason"], r["reason"][:80]
+    # an answer line over the line cap is not read at all
+    big = at_import(find.format("json.dumps({'i': 0, 'out': ['ok', list(range(400000))]})"
+                                ".encode() + b'\\n'").replace("import os", "import json, os")
+                    + "\nos._exit(0)")
+    r = verdict(big, backend)
+    assert failed(r), r
+
+
+def test_verdicts_are_written_down_as_they_come(tmp_path, monkeypatch):
+    # a run stopped after its first verdict keeps it in <out>.partial (and no <out> is made)
+    samples = tmp_path / "s.jsonl"
+    samples.write_text("".join(json.dumps({"task_id": f"HumanEval/{i}", "solution": "x = 1"})
+                               + "\n" for i in range(3)))
+    calls = []
+    def judge(problem, code, *a, **k):
+        calls.append(problem["task_id"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt          # as a kill would stop it
+        return dict(base=False, plus=None, reason="stub")
+    monkeypatch.setattr(code_eval, "judge", judge)
+    monkeypatch.setattr(code_eval, "prefetch_references", lambda *a, **k: None)
+    monkeypatch.setattr(code_eval, "load_tasks", lambda *a, **k: [
+        dict(task_id=f"HumanEval/{i}", prompt="", entry_point="f", canonical="", test="")
+        for i in range(3)])
+    with pytest.raises(KeyboardInterrupt):
+        code_eval.main(["--task", "humaneval", "--samples", str(samples), "--workers", "1",
+                        "--unsafe-no-sandbox", "--json"])
+    partial = tmp_path / "s_eval_results.jsonl.partial"
+    assert [json.loads(l)["task_id"] for l in open(partial)] == ["HumanEval/0"]
+    assert not (tmp_path / "s_eval_results.jsonl").exists()
 
 # -----------------------------------------------------------------------------
 # no isolation: refuse, naming the flag
