@@ -187,8 +187,9 @@ def _runner(mode, request, timeout, backend, mem_mb=1024, max_lines=None):
     r = sandbox.run(["-c", RUNNER, mode], stdin=json.dumps(request).encode("utf-8", "surrogatepass"),
                     timeout=timeout, mem_bytes=mem_mb << 20, backend=backend)
     pieces = r.stdout.split(b"\n", max_lines) if max_lines else r.stdout.splitlines()
-    lines = []
+    lines, end = [], 0
     for raw in pieces[:max_lines]:
+        end += len(raw) + 1                     # where the line ends in the output
         if not raw.strip():
             continue
         if max_lines and len(raw) > MAX_LINE_BYTES:
@@ -199,11 +200,18 @@ def _runner(mode, request, timeout, backend, mem_mb=1024, max_lines=None):
         except (ValueError, RecursionError):
             lines.append(None)
             continue
-        if max_lines and type(x) is dict and type(x.get("out")) is list and len(x["out"]) == 2 \
-                and x["out"][0] == "ok":
-            x["out"][1] = Raw(raw)
+        if max_lines and type(x) is dict and type(x.get("out")) is list and len(x["out"]) == 2:
+            if x["out"][0] == "ok":
+                x["out"][1] = Raw(raw)
+            x["at"] = arrival(r, end)
         lines.append(x)
     return r, lines
+
+
+def arrival(r, end):
+    """Seconds from the sandbox's start until byte `end` of its output reached the evaluator
+    (its own clock: a candidate cannot make an answer arrive before it wrote it)."""
+    return next((t for size, t in r.stdout_at if size >= end), r.wall_s)
 
 
 class Raw(bytes):
@@ -383,9 +391,9 @@ def _near(out, exp, tol):
 
 
 def _parsed(out):
-    """An answer with its "ok" value parsed from its raw line (None: unreadable)."""
+    """An answer as [kind, value], its "ok" value parsed from its raw line (None: unreadable)."""
     if out[0] != "ok" or not isinstance(out[1], Raw):
-        return out
+        return [out[0], out[1]]
     try:
         return ["ok", out[1].node()]
     except (ValueError, RecursionError, TypeError, KeyError, IndexError):
@@ -495,14 +503,15 @@ def is_root(coeffs, x, atol):
 
 
 def _answers(lines, n):
-    """{call index: ["ok", encoded] | ["raise", type name] | ["not plain", why]} from what the
-    candidate's process wrote, first line per index; anything malformed is ignored."""
+    """{call index: ["ok", encoded] | ["raise", type name] | ["not plain", why], each with the
+    seconds at which it arrived appended} from what the candidate's process wrote, first line
+    per index; anything malformed is ignored."""
     out = {}
     for x in lines:
         if type(x) is dict and type(x.get("i")) is int and 0 <= x["i"] < n and \
                 x["i"] not in out and type(x.get("out")) is list and len(x["out"]) == 2 and \
                 x["out"][0] in ("ok", "digest", "raise", "not plain"):
-            out[x["i"]] = x["out"]
+            out[x["i"]] = [*x["out"], x["at"]]
     return out
 
 
@@ -522,9 +531,16 @@ def judge(problem, code, timeout=10.0, plus_timeout=60.0, backend="auto"):
                                          calls=calls), timeout + (plus_timeout if has_plus else 0),
                        backend, max_lines=len(calls) + LINES_OVER)
     got = _answers(lines, len(calls))
+    # the base calls are bounded by `timeout` under every flavour: with plus inputs the run
+    # has timeout + plus_timeout, so the base answers must also have arrived by `timeout`
+    late = [i for i in range(n_base) if i in got and got[i][2] > timeout]
+    for i in late:
+        del got[i]
 
     def missing(lo, hi):
         gap = next((i for i in range(lo, hi) if i not in got), None)
+        if gap in late:
+            return f"timeout (base call {gap} answered after {timeout:g} s)"
         return None if gap is None else _why(r, lines, f"exit {r.returncode} before call {gap}")
 
     def bad(i, out):        # a raise or a value that did not cross: say so
@@ -677,7 +693,8 @@ def main(argv=None):
                    help="per-sample outcomes, jsonl (default: <samples>_eval_results.jsonl)")
     p.add_argument("--workers", type=int, default=2, help="sandboxes at once")
     p.add_argument("--timeout", type=float, default=10.0,
-                   help="seconds for a sample's base calls (and for a replay of the tests)")
+                   help="seconds for a sample's base calls, under every task flavour: their\n"
+                        "answers must reach the evaluator by then (and for a replay of the tests)")
     p.add_argument("--plus-timeout", type=float, default=60.0,
                    help="seconds added for its plus inputs (base and plus run in one process)")
     p.add_argument("--sandbox", default="auto", choices=("auto",) + BACKENDS,

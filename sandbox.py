@@ -49,7 +49,7 @@ ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": WORK, "TMPDIR": "/tmp
 PYTHON_FLAGS = ["-s", "-P"]      # no user site, no script dir on sys.path (the env is ours)
 
 Result = namedtuple("Result", "returncode timed_out stdout stdout_over stderr wall_s peak_bytes "
-                              "backend")
+                              "backend stdout_at")
 
 
 class SandboxError(UserError):
@@ -451,10 +451,13 @@ def _processes_of(uid):
     return n
 
 
-def _drain(fd, keep, out, head=False):
+def _drain(fd, keep, out, head=False, t0=None):
     """Read fd to its end, keeping the first (head) or last `keep` bytes: a program that floods
-    its output cannot grow the evaluator's memory. out: [bytes, overflowed]."""
-    chunks, size, over = [], 0, False
+    its output cannot grow the evaluator's memory. out: [bytes, overflowed, arrivals]; with
+    head, arrivals lists (bytes kept so far, seconds since t0) after each read: when each part
+    of the output reached us, by our clock."""
+    chunks, size, over, arrivals = [], 0, False, []
+    t0 = time.time() if t0 is None else t0
     while True:
         try:
             chunk = os.read(fd, 1 << 16)
@@ -467,13 +470,15 @@ def _drain(fd, keep, out, head=False):
             chunks.append(take)
             size += len(take)
             over |= len(take) < len(chunk)
+            if take:
+                arrivals.append((size, time.time() - t0))
         else:
             chunks.append(chunk)
             size += len(chunk)
             while size - len(chunks[0]) >= keep:       # the tail alone still holds `keep`
                 size -= len(chunks.pop(0))
     data = b"".join(chunks)
-    out += [data if head else data[-keep:], over]
+    out += [data if head else data[-keep:], over, arrivals]
 
 
 def _feed(fd, data):
@@ -527,7 +532,7 @@ def run(args, stdin=b"", timeout=10.0, mem_bytes=1 << 30, backend="auto", max_st
             os.close(seccomp_r)
     outs = {"stdout": [], "stderr": []}
     threads = [threading.Thread(target=_drain, args=(proc.stdout.fileno(), max_stdout,
-                                                     outs["stdout"], True), daemon=True),
+                                                     outs["stdout"], True, t0), daemon=True),
                threading.Thread(target=_drain, args=(proc.stderr.fileno(), KEEP_STDERR,
                                                      outs["stderr"]), daemon=True),
                threading.Thread(target=_feed, args=(os.dup(proc.stdin.fileno()), stdin),
@@ -553,6 +558,6 @@ def run(args, stdin=b"", timeout=10.0, mem_bytes=1 << 30, backend="auto", max_st
     proc.stderr.close()
     if work:                           # rm, not Python recursion: a 5,000-deep tree is fine
         subprocess.run(["rm", "-rf", "--", work])
-    out, err = outs["stdout"] or [b"", False], outs["stderr"] or [b"", False]
+    out, err = outs["stdout"] or [b"", False, []], outs["stderr"] or [b"", False, []]
     return Result(proc.returncode, timed_out, out[0], out[1], err[0], time.time() - t0, peak,
-                  backend)
+                  backend, out[2])

@@ -694,6 +694,9 @@ def test_output_is_kept_head_or_tail_exactly_and_overflow_is_reported():
         os.close(r)
         assert out[0] == (data[:keep] if head else data[-keep:]), (head, keep)
         assert out[1] is (head and keep < len(data))
+        if head:                                     # when each part arrived, in order
+            sizes = [n for n, _ in out[2]]
+            assert sizes == sorted(sizes) and sizes[-1] == len(out[0])
 
 
 def test_a_samples_line_json_cannot_read_is_one_line_naming_it(tmp_path):
@@ -716,3 +719,19 @@ def test_no_checkpoint_load_can_run_code():
             if f.endswith(".py"):
                 text = open(os.path.join(folder, f)).read()
                 assert "weights_only=" + "False" not in text, os.path.join(folder, f)
+
+
+@needs_sandbox
+def test_the_base_calls_are_bounded_by_timeout_in_every_flavour():
+    # TOY's two base calls each sleep 0.8 s: past --timeout 1.0 with or without plus inputs
+    # (with them the process has 1 + 5 s, but the base answers arrive after 1 s)
+    slow = "import time\ndef add(a, b):\n    time.sleep(0.8)\n    return a + b\n"
+    base_only = {k: v for k, v in TOY.items() if k not in ("inputs", "atol")}
+    for problem in (TOY, base_only):
+        r = code_eval.evaluate_solutions([problem], [slow], backend=BACKENDS[0], timeout=1.0,
+                                         plus_timeout=5.0)[0]
+        assert r["base"] is False and "timeout" in r["reason"], (problem.get("inputs"), r)
+    fast = "import time\ndef add(a, b):\n    time.sleep(0.05)\n    return a + b\n"
+    r = code_eval.evaluate_solutions([TOY], [fast], backend=BACKENDS[0], timeout=1.0,
+                                     plus_timeout=5.0)[0]
+    assert r["base"] and r["plus"], r
