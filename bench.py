@@ -255,6 +255,65 @@ def code_eval_speed(data_dir, backend="auto", workers=2):
     return rows
 
 
+# samples built against the evaluator itself (EVALUATION.md, "No sample can stop the run"):
+# each writes the worst it can on the answer channel (the runner moved fd 1 to stderr; the
+# channel is one of the descriptors above it), for a toy problem with 100 plus inputs
+_CHANNEL = ("import json, os\ndef send(b):\n    for fd in range(3, 12):\n        try:\n"
+            "            os.write(fd, b)\n        except OSError:\n            pass\n")
+HOSTILE = {
+    "64 MiB of blank lines": "send(b'\\n' * (64 << 20))",
+    "answer lines of 1 MiB (ints), to the output cap": (
+        "line = json.dumps({'i': 0, 'out': ['ok', list(range(120000))]}).encode() + b'\\n'\n"
+        "send(b''.join(line.replace(b'\"i\": 0', b'\"i\": %d' % i, 1) for i in range(120)))"),
+    "a set of 30,000 colliding ints per answer": (
+        "P = (1 << 61) - 1\nnode = {'s': [{'i': hex(k * P)} for k in range(1, 30001)]}\n"
+        "send(b''.join(json.dumps({'i': i, 'out': ['ok', node]}).encode() + b'\\n' "
+        "for i in range(60)))"),
+    "1 MiB of nesting per answer": "send((b'[' * (1 << 20) + b'\\n') * 60)",
+    "an exception type named with 1 MB": (
+        "raise type('E' * (1 << 20), (Exception,), {})()"),
+}
+
+
+def code_eval_hostile(backend="auto", timeout=10.0):
+    """Each HOSTILE sample scored in a fresh process: its wall time (the sandbox's included,
+    under a timeout of `timeout` + `timeout` s) and that process's peak memory (ru_maxrss),
+    against an honest sample's."""
+    import os
+    import subprocess
+    import sys
+    import code_eval
+    problem = dict(task_id="toy/0", entry_point="add", prompt="def add(a, b):\n",
+                   canonical="def add(a, b):\n    return a + b\n",
+                   test="def check(candidate):\n    assert candidate(1, 2) == 3\n\ncheck(add)\n",
+                   inputs=[[i, i + 1] for i in range(100)], atol=0)
+    samples = dict(honest="def add(a, b):\n    return a + b\n",
+                   **{name: "def attempt():\n" + "".join("    " + l + "\n" for l in (
+                       _CHANNEL + body).splitlines()) + "    return 0\n"
+                      "def add(a, b, _=attempt()):\n    return a + b\n"
+                      for name, body in HOSTILE.items()})
+    backend = code_eval.choose_backend(backend)
+    script = ("import json, resource, sys, time\nimport code_eval\n"
+              "p, code, backend, timeout = json.loads(sys.stdin.read())\n"
+              "code_eval.reference(p, 2 * timeout, backend)\n"       # the reference apart
+              "m0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+              "t = time.time()\nr = code_eval.judge(p, code, timeout, timeout, backend)\n"
+              "print(json.dumps(dict(r, wall=time.time() - t, rss0=m0,"
+              " rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))\n")
+    rows = []
+    for name, code in samples.items():
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             input=json.dumps([problem, code, backend, timeout]),
+                             cwd=os.path.dirname(os.path.abspath(__file__)))
+        if out.returncode:
+            raise RuntimeError(f"{name}: {out.stderr.strip()[-300:]}")
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append(dict(name=name, **r))
+        print(f"{name}: {'pass' if r['plus'] else 'fail'} ({r['reason'][:50]}) | {r['wall']:.1f} s | "
+              f"evaluator peak {r['rss'] / 1024:.0f} MB ({(r['rss'] - r['rss0']) / 1024:.0f} MB "
+              f"over its size before the sample)", flush=True)
+    return rows
+
 # `--fingerprint`'s digest (torch 2.13.0+cpu) on the machine that trained results/hard and
 # results/sudoku_llm, one of this project's 2-core AMD EPYCs (others of the kind pick other
 # kernels); seed 1 retrained there repeated results/hard's step-600 figures exactly
@@ -375,6 +434,9 @@ def main(argv=None):
     p.add_argument("--code-eval", default=None, metavar="DIR",
                    help="only time code_eval.py on every canonical solution of HumanEval+ and\n"
                         "MBPP in DIR (cold and warm reference cache)")
+    p.add_argument("--code-eval-hostile", action="store_true",
+                   help="only score samples built against the evaluator (floods, 1 MiB answer\n"
+                        "lines, colliding sets, deep nesting, a huge message): time and memory")
     p.add_argument("--fingerprint", action="store_true",
                    help="only print this machine's kernel fingerprint (20 one-thread Relay steps,\n"
                         "about 40 s): does a seed rerun here repeat ours bit for bit?")
@@ -384,6 +446,8 @@ def main(argv=None):
         return fingerprint()
     if args.code_eval:
         return code_eval_speed(args.code_eval)
+    if args.code_eval_hostile:
+        return code_eval_hostile()
     if args.training_memory:
         rows = training_memory()
         ranks = list(rows[0]["fsdp"])
