@@ -26,8 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from common import (TrainClock, UsageError, add_run_flags, atomic_torch_save, atomic_write,
-                    autocast_for,
-                    check_replicas, close_distributed, gather_objects, grad_sync,
+                    autocast_for, check_replicas, close_distributed, gather_objects, grad_sync,
                     init_distributed, resolve_preset, load_checkpoint, restore_rng, rng_state,
                     reshard_root, run_main, seeded_rng, set_lr, wrap_ddp, wrap_fsdp)
 from llm import (FIXTURE, LLMError, STOP_TOKEN, SUB_BLOCK, THRESHOLD, load_relay_lm,
