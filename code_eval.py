@@ -271,6 +271,13 @@ class Reference:
                 pass                            # a cache that cannot be written is no cache
         self.lines = lines
 
+    def plus_text(self, j):
+        """canonical() of plus output j, computed once (every sample compares against it)."""
+        texts = self.__dict__.setdefault("_texts", {})
+        if j not in texts:
+            texts[j] = canonical(self.plus[j][1])
+        return texts[j]
+
     def run(self, timeout, backend):
         r, lines = _runner("reference", self.request, timeout, backend)
         self.take(lines, None if r.returncode == 0 else _why(r, lines, "no answer"))
@@ -474,12 +481,13 @@ def scalar(node):
     return None
 
 
-def matches(node, exp_node, exp, atol=0.0):
+def matches(node, exp_node, exp, atol=0.0, exp_text=None):
     """close(decode(node), exp) for a candidate's encoded output, without decoding into sets
     or dicts: exact when the canonical texts agree, else the tolerance where EvalPlus has one
-    (a float reference, a list or tuple of floats, or the task's atol) on the flat value."""
+    (a float reference, a list or tuple of floats, or the task's atol) on the flat value.
+    exp_text: canonical(exp_node), when the caller keeps it."""
     try:
-        if canonical(node) == canonical(exp_node):
+        if canonical(node) == (exp_text or canonical(exp_node)):
             return True
     except (ValueError, RecursionError):
         return False
@@ -578,7 +586,8 @@ def judge(problem, code, timeout=10.0, plus_timeout=60.0, backend="auto"):
             elif problem["entry_point"] == "find_zero":
                 ok = is_root(problem["inputs"][j][0], scalar(out[1]), problem.get("atol") or 0)
             else:
-                ok = matches(out[1], exp[1], value, float(problem.get("atol") or 0))
+                ok = matches(out[1], exp[1], value, float(problem.get("atol") or 0),
+                             ref.plus_text(j))
             if not ok:
                 plus_reason = (bad(n_base + j, out) if out[0] != "ok" else
                                f"plus input {j}: wrong output for {json.dumps(problem['inputs'][j])[:120]}")
