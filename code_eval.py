@@ -16,7 +16,6 @@ import glob
 import gzip
 import hashlib
 import json
-import math
 import os
 import re
 import sys
@@ -337,7 +336,9 @@ def prefetch_references(problems, timeout, backend, workers=2, batch=32, progres
 
 
 def close(out, exp, atol=0.0):
-    """EvalPlus's comparison, on plain data only: exact (`same`) unless the expected output is a
+    """The rule on values (judge applies it to encoded outputs through `matches`, which hashes
+    nothing a candidate chose; a test checks the two agree). EvalPlus's comparison, on plain
+    data only: exact (`same`) unless the expected output is a
     float or a non-empty list or tuple of floats (atol 1e-6) or the task gives an atol; then the
     two must be of one type (and length) and within numpy.allclose's bound,
     |out - exp| <= atol + 1e-7 |exp|, element by element. So an int or bool answer is matched
