@@ -522,9 +522,11 @@ def main(argv=None):
         with open(os.path.join(args.out_dir, "args.json"), "w") as f:
             json.dump(dict(vars(args), horizon=horizon), f, indent=1)
     log_path = os.path.join(args.out_dir, "log.jsonl")
-    if master:    # the records of steps after the checkpoint resumed from go: they are redone
-        kept = [l for l in (open(log_path) if os.path.exists(log_path) and args.resume else [])
-                if json.loads(l)["step"] <= step]
+    if master:    # a resumed run redoes the steps after its checkpoint: their records go
+        kept = []
+        if args.resume and os.path.exists(log_path):
+            with open(log_path) as f:
+                kept = [line for line in f if json.loads(line)["step"] <= step]
         atomic_write(log_path, "".join(kept))
 
     def checkpoint():
